@@ -1,0 +1,22 @@
+"""fastattn: hand-written Triton and CUDA C++ kernels for attention, softmax and sampling, as PyTorch ops.
+
+The public API (../shared/API.md in the project) is re-exported here. Importing fastattn touches no GPU.
+"""
+from ._backend import BackendUnavailable, available_backends, use_backend
+from .ops.attention import attention, decode_attention, scaled_dot_product_attention
+from .ops.sampling import sample, top_k_top_p_filter
+from .ops.softmax import softmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "attention",
+    "available_backends",
+    "decode_attention",
+    "sample",
+    "scaled_dot_product_attention",
+    "softmax",
+    "top_k_top_p_filter",
+    "use_backend",
+]

@@ -1,0 +1,183 @@
+"""Sampling from logits: public functions, checks and custom ops (fastattn::sample, fastattn::top_k_top_p_filter).
+
+Each sampling parameter reaches the kernels either as a Python number or as a (B,) tensor (one per row);
+seeds always as an int64 (B,) tensor, so that a row's draw depends on its own seed only.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import reference
+from .._backend import resolve
+from . import _checks
+
+LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SEED_RANGE = 1 << 62
+
+
+def _kernel_module(backend: str):
+    if backend == "triton":
+        from ..triton import sampling as m
+    elif backend == "cuda":
+        from .. import _cuda as m
+    else:
+        raise AssertionError(backend)
+    return m
+
+
+def _unsupported(logits: Tensor, fn: str):
+    def check(backend: str) -> Optional[str]:
+        if logits.dtype == torch.float64:
+            return "float64 runs on the torch backend only"
+        try:
+            m = _kernel_module(backend)
+        except ImportError as e:
+            return f"its sampling kernels are not available ({e})"
+        if not hasattr(m, fn):
+            return f"it has no {fn} kernel yet"
+        return None
+    return check
+
+
+def _param(t: Optional[Tensor], value):
+    return value if t is None else t
+
+
+@torch.library.custom_op("fastattn::sample", mutates_args=())
+def sample_op(logits: Tensor, temperature_t: Optional[Tensor], temperature: float, top_k_t: Optional[Tensor],
+              top_k: int, top_p_t: Optional[Tensor], top_p: float, min_p_t: Optional[Tensor], min_p: float,
+              seeds: Tensor, backend: str) -> Tensor:
+    """Token ids (B,) int64. Each parameter is the (B,) tensor when given, else the number beside it."""
+    if backend == "torch":
+        return reference.sample(logits, temperature=_param(temperature_t, temperature), top_k=_param(top_k_t, top_k),
+                                top_p=_param(top_p_t, top_p), min_p=_param(min_p_t, min_p), seeds=seeds)
+    return _kernel_module(backend).sample(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p,
+                                          min_p_t, min_p, seeds)
+
+
+@sample_op.register_fake
+def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, seeds, backend):
+    return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
+
+@torch.library.custom_op("fastattn::top_k_top_p_filter", mutates_args=())
+def filter_op(logits: Tensor, temperature_t: Optional[Tensor], temperature: float, top_k_t: Optional[Tensor],
+              top_k: int, top_p_t: Optional[Tensor], top_p: float, min_p_t: Optional[Tensor], min_p: float,
+              backend: str) -> Tensor:
+    if backend == "torch":
+        return reference.top_k_top_p_filter(logits, temperature=_param(temperature_t, temperature),
+                                            top_k=_param(top_k_t, top_k), top_p=_param(top_p_t, top_p),
+                                            min_p=_param(min_p_t, min_p))
+    return _kernel_module(backend).top_k_top_p_filter(logits, temperature_t, temperature, top_k_t, top_k, top_p_t,
+                                                      top_p, min_p_t, min_p)
+
+
+@filter_op.register_fake
+def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, backend):
+    dt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return logits.new_empty(logits.shape, dtype=dt)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------------------------
+
+def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expected: str):
+    """Returns (tensor or None, number); raises naming the argument when out of range."""
+    if isinstance(value, Tensor):
+        dtypes = (torch.int32, torch.int64) if integer else _checks.FLOAT_DTYPES
+        _checks.tensor(name, value, dtypes=dtypes)
+        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != b):
+            raise ValueError(f"{name} must be a number or a tensor of shape (B,) = ({b},), got shape "
+                             f"{tuple(value.shape)}")
+        if value.device != device:
+            raise ValueError(f"{name} is on {value.device} but logits is on {device}: all tensors must be on "
+                             "one device")
+        if not _checks.is_compiling() and value.numel() and not bool(ok(value).all()):
+            raise ValueError(f"{name} must be {expected} (every element of the {name} tensor)")
+        t = value.reshape(-1).expand(b).to(torch.int64 if integer else torch.float32).contiguous()
+        return t, (0 if integer else 0.0)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integer and not isinstance(value, numbers.Integral)):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a float'} or a (B,) tensor, got "
+                        f"{type(value).__name__}")
+    number = int(value) if integer else float(value)
+    if not bool(ok(torch.tensor(number))):
+        raise ValueError(f"{name} must be {expected}, got {value}")
+    return None, number
+
+
+def _checked_params(logits: Tensor, temperature, top_k, top_p, min_p):
+    _checks.tensor("logits", logits, ndim=2, dtypes=LOGIT_DTYPES)
+    b, v = logits.shape
+    if v == 0:
+        raise ValueError("logits must have a vocabulary size V > 0, got shape "
+                         f"{tuple(logits.shape)}")
+    dev = logits.device
+    return (
+        _check_param("temperature", temperature, b, dev, integer=False,
+                     ok=lambda t: (t >= 0) & torch.isfinite(t), expected="a finite float >= 0"),
+        _check_param("top_k", top_k, b, dev, integer=True, ok=lambda t: t >= 0, expected="an int >= 0"),
+        _check_param("top_p", top_p, b, dev, integer=False, ok=lambda t: (t > 0) & (t <= 1),
+                     expected="in (0, 1]"),
+        _check_param("min_p", min_p, b, dev, integer=False, ok=lambda t: (t >= 0) & (t < 1), expected="in [0, 1)"),
+    )
+
+
+def _seeds(logits: Tensor, generator, seed) -> Tensor:
+    b = logits.shape[0]
+    if seed is not None and generator is not None:
+        raise ValueError("pass either seed or generator, not both")
+    if seed is None:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator is not None and generator.device.type != logits.device.type:
+            raise ValueError(f"generator is on {generator.device} but logits is on {logits.device}")
+        return torch.randint(0, _SEED_RANGE, (b,), generator=generator, device=logits.device, dtype=torch.int64)
+    if isinstance(seed, Tensor):
+        _checks.tensor("seed", seed, dtypes=(torch.int64, torch.int32))
+        if seed.dim() > 1 or (seed.dim() == 1 and seed.shape[0] != b):
+            raise ValueError(f"seed must be an int or an int64 tensor of shape (B,) = ({b},), got shape "
+                             f"{tuple(seed.shape)}")
+        return seed.to(device=logits.device, dtype=torch.int64).reshape(-1).expand(b).contiguous()
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int or an int64 (B,) tensor, got {type(seed).__name__}")
+    if not -(1 << 63) <= int(seed) < (1 << 63):
+        raise ValueError(f"seed must fit in int64, got {seed}")
+    return torch.full((b,), int(seed), dtype=torch.int64, device=logits.device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------------------
+
+def sample(logits: Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, generator=None, seed=None,
+           backend: str = "auto") -> Tensor:
+    """Draw one token id per row of logits (B, V): LongTensor (B,).
+
+    Hugging Face order: divide by temperature, then top-k, then top-p, then min-p, then draw. temperature 0 is
+    greedy (argmax, lowest index among ties); top_k 0, top_p 1 and min_p 0 switch their filter off. Each
+    parameter is a number or a (B,) tensor. top-k keeps j iff fewer than k logits are strictly larger (ties
+    kept); top-p keeps j iff the mass strictly more probable than j is < top_p; min-p keeps j iff
+    p_j >= min_p * max p. Randomness from ``generator`` or ``seed`` (an int, or an int64 (B,) tensor, one per
+    row): a row's token depends only on its own logits, parameters and seed. A row holding NaN (or with no
+    finite logit) yields -1.
+    """
+    (tt, t), (kt, k), (pt, p), (mt, m) = _checked_params(logits, temperature, top_k, top_p, min_p)
+    seeds = _seeds(logits, generator, seed)
+    name = resolve(backend, logits.device, "sample", _unsupported(logits, "sample"))
+    return sample_op(logits, tt, t, kt, k, pt, p, mt, m, seeds, name)
+
+
+def top_k_top_p_filter(logits: Tensor, *, top_k=0, top_p=1.0, min_p=0.0, temperature=1.0,
+                       backend: str = "auto") -> Tensor:
+    """logits / temperature (float32) with the tokens that top-k, top-p and min-p remove set to -inf.
+
+    Same parameters and rules as ``sample``; rows with temperature 0 keep only their first maximal logit.
+    """
+    (tt, t), (kt, k), (pt, p), (mt, m) = _checked_params(logits, temperature, top_k, top_p, min_p)
+    name = resolve(backend, logits.device, "top_k_top_p_filter", _unsupported(logits, "top_k_top_p_filter"))
+    return filter_op(logits, tt, t, kt, k, pt, p, mt, m, name)

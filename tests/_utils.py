@@ -1,0 +1,59 @@
+"""Shared test helpers: seeded random inputs (never zeros), float64 references, relative-error checks."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+HAS_GPU = torch.cuda.is_available()
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Relative-error budgets for a kernel's output against the float64 reference, by input dtype: a few units of
+# the dtype's rounding, since outputs are rounded once to it after float32 accumulation.
+REL_TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def devices():
+    """The devices the tests run on here: always the CPU, and CUDA when there is a GPU."""
+    return ["cpu"] + (["cuda"] if HAS_GPU else [])
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", seed=0, scale=1.0, requires_grad=False) -> torch.Tensor:
+    """Seeded standard normal data, never all zeros; generated in float32 on the CPU then moved."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(*shape, generator=g, dtype=torch.float32) * scale
+    t = t.to(device=device, dtype=dtype)
+    return t.requires_grad_(requires_grad)
+
+
+def poison_like(t: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like t filled with NaN: memory a kernel must overwrite before anyone reads it."""
+    return torch.full_like(t, float("nan"))
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |out - ref| / max |ref| (in float64). NaNs must match positions: a NaN mismatch gives inf."""
+    o, r = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert o.shape == r.shape, f"shape {tuple(o.shape)} != reference {tuple(r.shape)}"
+    if o.numel() == 0:
+        return 0.0
+    if not torch.equal(torch.isnan(o), torch.isnan(r)):
+        return float("inf")
+    o, r = torch.nan_to_num(o, nan=0.0), torch.nan_to_num(r, nan=0.0)
+    denom = r.abs().max().item()
+    err = (o - r).abs().max().item()
+    return err / denom if denom > 0 else err
+
+
+def assert_rel(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "output") -> None:
+    """Fails with the error, the budget and the first few worst indices."""
+    err = rel_err(out, ref)
+    if err <= tol:
+        return
+    o, r = out.detach().double().cpu(), ref.detach().double().cpu()
+    diff = (torch.nan_to_num(o, nan=1e300) - torch.nan_to_num(r, nan=0.0)).abs().flatten()
+    worst = torch.topk(diff, min(5, diff.numel())).indices
+    idx = [tuple(int(i) for i in torch.unravel_index(w, o.shape)) for w in worst]
+    rows = ", ".join(f"{i}: {o[i].item():.6g} vs {r[i].item():.6g}" for i in idx)
+    raise AssertionError(f"{what}: relative error {err:.3g} > {tol:.3g}; worst at {rows}")
