@@ -124,5 +124,14 @@ def _machine_status(name: str, device: torch.device) -> "bool | str":
             return st
         if device.type != "cuda":
             return f"the CUDA extension needs CUDA tensors (got {device.type})"
-        return True
+        return _cuda_arch_status(device.index if device.index is not None else torch.cuda.current_device())
     raise AssertionError(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_arch_status(index: int) -> "bool | str":
+    """The extension carries machine code for sm_80 and sm_90a only (setup.py): other cards can't run it."""
+    major, minor = torch.cuda.get_device_capability(index)
+    if major in (8, 9):
+        return True
+    return f"the CUDA extension is built for compute capability 8.x and 9.0, this GPU is {major}.{minor}"

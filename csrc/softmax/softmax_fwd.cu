@@ -1,0 +1,22 @@
+// Softmax forward dispatcher: DType -> the explicit instantiation compiled in instantiations/softmax_fwd_<dtype>.cu.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "softmax/softmax_fwd.h"
+#include "softmax/softmax_fwd_launch.h"
+
+namespace fastattn {
+
+cudaError_t softmax_fwd(const SoftmaxFwdParams& params, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return softmax_fwd_launch<float>(params, stream);
+    case DType::kFloat16:
+      return softmax_fwd_launch<__half>(params, stream);
+    case DType::kBFloat16:
+      return softmax_fwd_launch<__nv_bfloat16>(params, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace fastattn
