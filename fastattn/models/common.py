@@ -1,0 +1,150 @@
+"""What the reference models share: the one switch that picks the attention backend, and small layers.
+
+Every attention call of Encoder, Decoder and EncoderDecoder goes through ``attend`` (or ``attend_decode`` for
+one new token against a KV cache), so changing ``model.attn_backend`` changes every layer at once.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import fastattn
+
+# "auto", "triton", "cuda", "torch": fastattn's backends (see fastattn.attention). "sdpa": PyTorch's own
+# F.scaled_dot_product_attention on the same model, the baseline for end-to-end comparisons.
+ATTN_BACKENDS = ("auto", "triton", "cuda", "torch", "sdpa")
+
+
+def check_attn_backend(name: str) -> str:
+    if name not in ATTN_BACKENDS:
+        raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {name!r}")
+    return name
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, *, backend: str, causal: bool = False, scale: Optional[float] = None,
+           bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    """The switch. q (B, Hq, Sq, D), k/v (B, Hkv, Sk, D) -> (B, Hq, Sq, D); causal aligned bottom-right,
+    bias added to the scaled scores, key_padding_mask bool (B, Sk) with True = real token."""
+    if backend != "sdpa":
+        return fastattn.attention(q, k, v, causal=causal, scale=scale, bias=bias,
+                                  key_padding_mask=key_padding_mask, backend=backend)
+    sq, sk = q.shape[2], k.shape[2]
+    mask = None                                                      # bool, True = attend
+    if causal:
+        i = torch.arange(sq, device=q.device).view(sq, 1)                       # (Sq, 1)
+        mask = torch.arange(sk, device=q.device).view(1, sk) <= i + (sk - sq)   # (Sq, Sk), bottom-right
+    if key_padding_mask is not None:
+        kpm = key_padding_mask.view(-1, 1, 1, sk)                    # (B, 1, 1, Sk)
+        mask = kpm if mask is None else mask & kpm
+    if bias is not None:
+        mask = bias if mask is None else torch.where(mask, bias, float("-inf")).to(bias.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def attend_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor, *, backend: str,
+                  scale: Optional[float] = None) -> Tensor:
+    """One new token per sequence: q (B, Hq, D) against the first cache_seqlens[b] cache positions
+    (k_cache, v_cache: (B, Hkv, Smax, D)) -> (B, Hq, D)."""
+    if backend != "sdpa":
+        return fastattn.decode_attention(q, k_cache, v_cache, cache_seqlens, scale=scale, backend=backend)
+    smax = k_cache.shape[2]
+    valid = torch.arange(smax, device=q.device).view(1, smax) < cache_seqlens.view(-1, 1)   # (B, Smax)
+    out = attend(q.unsqueeze(2), k_cache, v_cache, backend="sdpa", scale=scale,
+                 key_padding_mask=valid)                             # q as (B, Hq, 1, D)
+    return out.squeeze(2)                                            # (B, Hq, 1, D) -> (B, Hq, D)
+
+
+class UsesAttend(nn.Module):
+    """Base of every layer that calls ``attend``: ``self.backend`` is its switch position."""
+    backend: str
+
+
+class Attention(UsesAttend):
+    """Multi-head attention with separate q, k, v, o projections (BERT's and T5's layout).
+
+    Self-attention when ``context`` is None, cross-attention over ``context`` otherwise. The scores are
+    q k^T * scale (+ bias); T5 uses scale=1.0 (its weights absorb 1/sqrt(d)).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, *, bias: bool, scale: Optional[float] = None,
+                 backend: str = "auto"):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
+        self.backend = check_attn_backend(backend)
+        inner = n_heads * head_dim
+        self.q = nn.Linear(d_model, inner, bias=bias)
+        self.k = nn.Linear(d_model, inner, bias=bias)
+        self.v = nn.Linear(d_model, inner, bias=bias)
+        self.o = nn.Linear(inner, d_model, bias=bias)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, *, causal: bool = False,
+                bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        B, S, _ = x.shape
+        src = x if context is None else context
+        Sk = src.shape[1]
+        q = self.q(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, S, D)
+        k = self.k(src).view(B, Sk, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, Sk, D)
+        v = self.v(src).view(B, Sk, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, Sk, D)
+        y = attend(q, k, v, backend=self.backend, causal=causal, scale=self.scale, bias=bias,
+                   key_padding_mask=key_padding_mask)                              # (B, H, S, D)
+        y = y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)          # (B, S, H*D)
+        return self.o(y)
+
+
+class RMSNorm(nn.Module):
+    """T5's layer norm: scale only, no mean subtraction, no bias; statistics in float32."""
+
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,                                             # exact (erf), BERT
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),       # GPT-2's gelu_new, T5 v1.1's gated-gelu
+    "relu": F.relu,                                             # T5
+    "silu": F.silu,
+}
+
+# Hugging Face activation names -> ours.
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+                  "silu": "silu", "swish": "silu"}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
+
+def hf_activation(name: str) -> str:
+    if name not in HF_ACTIVATIONS:
+        raise NotImplementedError(f"activation {name!r} of the Hugging Face model is not supported "
+                                  f"(supported: {tuple(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[name]
+
+
+def set_attn_backend(model: nn.Module, name: str) -> None:
+    """Point every attention layer of ``model`` at backend ``name``."""
+    check_attn_backend(name)
+    for m in model.modules():
+        if isinstance(m, UsesAttend):
+            m.backend = name
+
+
+def copy_(dst: Tensor, src: Tensor, what: str) -> None:
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ValueError(f"{what}: shape {tuple(src.shape)} of the Hugging Face weight does not match "
+                         f"{tuple(dst.shape)}")
+    with torch.no_grad():
+        dst.copy_(src)
