@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from .. import _backend
 from .._backend import resolve
 from . import _checks
 
@@ -102,8 +103,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     y, temperature = ctx.saved_tensors
     backend = ctx.backend
-    if backend != "torch" and _unsupported(y, True)(backend) is not None:
-        backend = "torch"  # the forward kernel exists but its backward does not (yet): reference backward
+    if backend == "cuda" and _unsupported(y, True)("cuda") is not None:
+        # The extension has a forward kernel only (so far): the backward runs on Triton, or the reference.
+        backend = "triton" if _backend.triton_status() is True and _unsupported(y, True)("triton") is None else "torch"
     dx = softmax_bwd(grad.contiguous(), y, temperature, ctx.temp, ctx.dim, backend)
     return dx, None, None, None, None
 
