@@ -98,7 +98,7 @@ def _fwd_setup_context(ctx, inputs, output):
 def _fwd_backward(ctx, dout, dlse):
     q, k, v, out, lse, bias, key_padding_mask = ctx.saved_tensors
     bias_grad = bias is not None and ctx.needs_input_grad[3]
-    dq, dk, dv, dbias = attention_bwd(dout.contiguous(), q, k, v, out, lse, bias, key_padding_mask, ctx.causal,
+    dq, dk, dv, dbias = attention_bwd(dout, q, k, v, out, lse, bias, key_padding_mask, ctx.causal,
                                       ctx.scale, bias_grad, ctx.backend)
     # The lse output is for inspection: gradients through it are not propagated (as in FlashAttention).
     return dq, dk, dv, (dbias if bias_grad else None), None, None, None, None
@@ -187,7 +187,8 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
 
     q: (B, Hq, D); k_cache, v_cache: (B, Hkv, Smax, D); cache_seqlens: int32 (B,), how many cache positions of
     each sequence are valid (positions past it are never read). Returns (B, Hq, D). A sequence of length 0
-    returns zeros.
+    returns zeros. Lengths outside [0, Smax] raise on the CPU; on a GPU they are clamped to that range, since
+    checking them would synchronise the device on every decode step.
     """
     _checks.tensor("q", q, ndim=3, dtypes=ATTN_DTYPES + (torch.float64,))
     _checks.tensor("k_cache", k_cache, ndim=4)
@@ -207,7 +208,9 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
         raise ValueError(f"the number of query heads Hq={hq} must be a multiple of the cache heads Hkv={hkv}")
     if cache_seqlens.shape[0] != b:
         raise ValueError(f"cache_seqlens must have shape (B,) = ({b},), got {tuple(cache_seqlens.shape)}")
-    if not _checks.is_compiling() and cache_seqlens.numel():
+    # Checked where it is free; on a GPU the check would synchronise every decode step, so there the kernels
+    # clamp each length to [0, Smax] instead (no position outside the cache is ever read).
+    if cache_seqlens.device.type == "cpu" and not _checks.is_compiling() and cache_seqlens.numel():
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
         if lo < 0 or hi > smax:
             raise ValueError(f"cache_seqlens must lie in [0, Smax={smax}], got values in [{lo}, {hi}]")
