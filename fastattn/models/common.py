@@ -1,12 +1,13 @@
 """What the reference models share: the one switch that picks the attention backend, and small layers.
 
 Every attention call of Encoder, Decoder and EncoderDecoder goes through ``attend`` (or ``attend_decode`` for
-one new token against a KV cache), so changing ``model.attn_backend`` changes every layer at once.
+one new token against a KV cache), so changing ``model.attn_backend`` changes every layer at once. The generate
+methods share ``row_seeds``, ``draw`` and ``EosStop``.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -82,14 +83,21 @@ class Attention(UsesAttend):
         self.v = nn.Linear(d_model, inner, bias=bias)
         self.o = nn.Linear(inner, d_model, bias=bias)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None, *, causal: bool = False,
-                bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        B, S, _ = x.shape
-        src = x if context is None else context
-        Sk = src.shape[1]
-        q = self.q(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, S, D)
+    def kv(self, src: Tensor) -> Tuple[Tensor, Tensor]:
+        """Keys and values of src (B, Sk, C): (B, H, Sk, D) each. A decoder caches them: its own, step by step,
+        and the encoder output's once for cross-attention."""
+        B, Sk, _ = src.shape
         k = self.k(src).view(B, Sk, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, Sk, D)
         v = self.v(src).view(B, Sk, self.n_heads, self.head_dim).transpose(1, 2)   # (B, H, Sk, D)
+        return k, v
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, *, causal: bool = False,
+                bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None,
+                kv: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
+        """kv: precomputed (k, v) (B, H, Sk, D) to attend to instead of projecting x or context (a KV cache)."""
+        B, S, _ = x.shape
+        q = self.q(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, S, D)
+        k, v = kv if kv is not None else self.kv(x if context is None else context)
         y = attend(q, k, v, backend=self.backend, causal=causal, scale=self.scale, bias=bias,
                    key_padding_mask=key_padding_mask)                              # (B, H, S, D)
         y = y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)          # (B, S, H*D)
@@ -148,3 +156,56 @@ def copy_(dst: Tensor, src: Tensor, what: str) -> None:
                          f"{tuple(dst.shape)}")
     with torch.no_grad():
         dst.copy_(src)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generation helpers: per-row seeds, one sampling step, stopping at end-of-sequence tokens
+# ----------------------------------------------------------------------------------------------------------
+
+def row_seeds(seed, batch: int, device: torch.device) -> Optional[Tensor]:
+    """Base seeds (B,) int64 of generate, or None (then a generator or torch's global RNG draws).
+
+    seed: an int (row b gets seed + b * 2**20), or an int or int64 tensor of shape () or (B,), one seed per row,
+    which makes each row's tokens independent of the rest of the batch.
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, Tensor):
+        return seed.to(device=device, dtype=torch.int64).reshape(-1).expand(batch)          # (B,)
+    return int(seed) + (torch.arange(batch, device=device, dtype=torch.int64) << 20)      # (B,)
+
+
+def draw(logits: Tensor, step: int, seeds: Optional[Tensor], *, temperature, top_k, top_p, min_p,
+         generator: Optional[torch.Generator]) -> Tensor:
+    """One token per row of logits (B, V) with fastattn.sample: (B,) int64. Step t draws with seeds + t * 2**40."""
+    return fastattn.sample(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                           seed=None if seeds is None else seeds + (step << 40), generator=generator)
+
+
+class EosStop:
+    """End-of-sequence handling of generate, as in Hugging Face: once a row has emitted one of eos_token_id (an
+    int or a sequence of ints), it emits pad_token_id (default: the first eos id) at every later step; ``done``
+    tells when every row has finished. Without eos_token_id it changes nothing and is never done."""
+
+    def __init__(self, eos_token_id: Union[None, int, Sequence[int]], pad_token_id: Optional[int], batch: int,
+                 device: torch.device):
+        self.eos, self.pad = None, pad_token_id
+        if eos_token_id is not None:
+            ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+            if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise TypeError(f"eos_token_id must be an int or a non-empty sequence of ints, got {eos_token_id!r}")
+            self.eos = torch.tensor(ids, dtype=torch.int64, device=device)                   # (E,)
+            self.pad = ids[0] if pad_token_id is None else int(pad_token_id)
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=device)                  # (B,)
+
+    def __call__(self, tok: Tensor) -> Tensor:
+        """tok (B,) drawn this step -> the tokens to emit, with finished rows held at pad_token_id."""
+        if self.eos is None:
+            return tok
+        tok = torch.where(self.finished, torch.full_like(tok, self.pad), tok)
+        self.finished |= torch.isin(tok, self.eos)
+        return tok
+
+    @property
+    def done(self) -> bool:
+        return self.eos is not None and bool(self.finished.all())   # one host sync a step, only with an eos id

@@ -3,21 +3,21 @@
 Options: grouped-query attention as in LLaMA (``n_kv_heads < n_heads``) and ALiBi as in BLOOM
 (``position="alibi"``: linear biases on the scores instead of position embeddings). ``Decoder.from_hf`` loads a
 Hugging Face ``GPT2LMHeadModel``; ``generate`` samples with ``fastattn.sample`` and attends to the cache with
-``fastattn.decode_attention``.
+``fastattn.decode_attention``. Ragged batches come with an ``attention_mask`` (1 = real token), left-padded as
+Hugging Face pads for generation (right padding works too): positions count real tokens only, and the KV cache
+holds each sequence compacted, so its ``lengths`` are exact ``cache_seqlens`` and padding is never attended to.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-import fastattn
-
-from .common import (UsesAttend, activation, attend, attend_decode, check_attn_backend, copy_, hf_activation,
-                     set_attn_backend)
+from .common import (EosStop, UsesAttend, activation, attend, attend_decode, check_attn_backend, copy_, draw,
+                     hf_activation, row_seeds, set_attn_backend)
 
 
 @dataclass
@@ -74,6 +74,8 @@ class KVCache:
 
     lengths: int32 (B,), how many positions of each sequence are filled (the cache_seqlens of
     fastattn.decode_attention). A prompt fills an empty cache; each decode step appends one token per sequence.
+    A padded prompt is stored compacted: sequence b's real tokens at positions [0, lengths[b]) in order, so a
+    cache position is the token's position id and no padding lies below lengths[b].
     """
 
     def __init__(self, config: DecoderConfig, batch: int, max_len: int, *, dtype: torch.dtype,
@@ -94,16 +96,23 @@ class CausalSelfAttention(UsesAttend):
         self.qkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=config.bias)
         self.proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.bias)
 
-    def forward(self, x: Tensor, bias: Optional[Tensor], cache: Optional[KVCache], layer: int) -> Tensor:
+    def forward(self, x: Tensor, bias: Optional[Tensor], cache: Optional[KVCache], layer: int,
+                kpm: Optional[Tensor] = None, order: Optional[Tensor] = None) -> Tensor:
+        """kpm: bool (B, S) of a padded prompt, True = real token; order: (B, S) the prompt's token indices with
+        each sequence's real tokens first (in order), the compacted layout the cache stores."""
         B, S, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x).view(B, S, H + 2 * Hkv, D)                     # (B, S, H + 2*Hkv, D)
         q, k, v = qkv.transpose(1, 2).split([H, Hkv, Hkv], dim=1)        # (B, H, S, D), (B, Hkv, S, D) x2
         if cache is None or cache.empty:
+            # A padded query row with no real key at or before it (left padding) comes out as zeros; unused.
+            y = attend(q, k, v, backend=self.backend, causal=True, bias=bias, key_padding_mask=kpm)  # (B, H, S, D)
             if cache is not None:  # prefill: the prompt fills positions [0, S) of the empty cache
+                if order is not None:  # compacted: real tokens to [0, lengths[b]), padding after, never read
+                    idx = order.view(B, 1, S, 1).expand(B, Hkv, S, D)    # (B, Hkv, S, D)
+                    k, v = k.gather(2, idx), v.gather(2, idx)
                 cache.k[layer][:, :, :S] = k
                 cache.v[layer][:, :, :S] = v
-            y = attend(q, k, v, backend=self.backend, causal=True, bias=bias)             # (B, H, S, D)
         else:  # decode: one new token per sequence, at its own position cache.lengths[b]
             rows, pos = torch.arange(B, device=x.device), cache.lengths.long()
             cache.k[layer][rows, :, pos] = k[:, :, 0]                    # (B, Hkv, D) into (b, :, pos[b], :)
@@ -141,8 +150,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, bias: Optional[Tensor], cache: Optional[KVCache], layer: int) -> Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x), bias, cache, layer))
+    def forward(self, x: Tensor, bias: Optional[Tensor], cache: Optional[KVCache], layer: int,
+                kpm: Optional[Tensor] = None, order: Optional[Tensor] = None) -> Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), bias, cache, layer, kpm, order))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
@@ -186,73 +196,108 @@ class Decoder(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch, max_len, dtype=p.dtype, device=p.device)
 
-    def _alibi(self, S: int, cache: Optional[KVCache]) -> Tensor:
-        """ALiBi bias slope_h * (key position - query position): (1, H, S, S), or (B, H, 1, Smax) when decoding
-        against ``cache``."""
+    def _alibi(self, pos: Tensor, cache: Optional[KVCache]) -> Tensor:
+        """ALiBi bias slope_h * (key position - query position) over the position ids pos ((1 or B, S)): (1 or B,
+        H, S, S); or (B, H, 1, Smax) when decoding against ``cache``, whose positions are cache positions."""
         slopes = self.alibi_slopes.view(1, -1, 1, 1)                     # (1, H, 1, 1)
         if cache is None:
-            i = torch.arange(S, device=slopes.device)
-            rel = (i.view(1, S) - i.view(S, 1)).view(1, 1, S, S)         # (1, 1, S, S): j - i
+            rel = pos.unsqueeze(1).unsqueeze(2) - pos.unsqueeze(1).unsqueeze(3)    # (1 or B, 1, S, S): j - i
         else:
             j = torch.arange(cache.max_len, device=slopes.device).view(1, 1, 1, -1)   # (1, 1, 1, Smax)
             rel = j - cache.lengths.view(-1, 1, 1, 1)                    # (B, 1, 1, Smax): j - pos[b]
         return (slopes * rel).to(self.wte.weight.dtype)
 
-    def forward(self, idx: Tensor, cache: Optional[KVCache] = None) -> Tensor:
+    def forward(self, idx: Tensor, cache: Optional[KVCache] = None,
+                attention_mask: Optional[Tensor] = None) -> Tensor:
         """Logits (B, S, V) for token ids idx (B, S).
 
         Without a cache: a whole sequence, causal. With a cache: S > 1 is a prompt filling the empty cache; S == 1
-        is one decode step per sequence, at position cache.lengths[b]. Either way cache.lengths grows by S.
+        is one decode step per sequence, at position cache.lengths[b]. Either way cache.lengths grows by the
+        number of real tokens. attention_mask (B, S), 1/True = real token, 0 = padding (left, right or anywhere),
+        for a whole sequence or a prompt: position ids count real tokens only (Hugging Face's cumsum(mask) - 1),
+        padding keys are never attended to, and the logits at padding positions are meaningless.
         """
         B, S = idx.shape
         decoding = cache is not None and not cache.empty
         if decoding and S != 1:
             raise ValueError("a prompt (S > 1) must fill an empty KVCache; decode one token at a time after it")
+        kpm = order = None
+        if attention_mask is not None:
+            if decoding:
+                raise ValueError("attention_mask belongs to a prompt; a decode step attends to its sequence's cache, "
+                                 "which holds real tokens only")
+            if tuple(attention_mask.shape) != (B, S):
+                raise ValueError(f"attention_mask must have the shape of input_ids (B, S) = ({B}, {S}), got "
+                                 f"{tuple(attention_mask.shape)}")
+            kpm = attention_mask.to(device=idx.device, dtype=torch.bool)                  # (B, S)
+            if cache is not None:  # stable: real tokens first, in order
+                order = torch.sort((~kpm).to(torch.int8), dim=1, stable=True).indices     # (B, S)
+        if decoding:
+            pos = cache.lengths.long().view(B, 1)                        # (B, 1)
+        elif kpm is not None:
+            pos = (kpm.long().cumsum(1) - 1).clamp(min=0)                # (B, S); padding: 0, as HF's masked_fill
+        else:
+            pos = torch.arange(S, device=idx.device).view(1, S)          # (1, S)
         x = self.wte(idx)                                                # (B, S, C)
         if self.wpe is not None:
-            if decoding:
-                pos = cache.lengths.long().view(B, 1)                    # (B, 1)
-            else:
-                pos = torch.arange(S, device=idx.device).view(1, S)      # (1, S)
             x = x + self.wpe(pos)
-        bias = self._alibi(S, cache if decoding else None) if self.config.position == "alibi" else None
+        bias = self._alibi(pos, cache if decoding else None) if self.config.position == "alibi" else None
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, bias, cache, i)
+            x = block(x, bias, cache, i, kpm, order)
         if cache is not None:
-            cache.lengths += S
+            cache.lengths += S if kpm is None else kpm.sum(1, dtype=torch.int32)
             cache.empty = False
         return self.lm_head(self.ln_f(x))                                # (B, S, V)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, max_new_tokens: int, *, temperature=1.0, top_k=0, top_p=1.0,
-                 min_p=0.0, seed=None, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Continue each prompt (input_ids (B, T), no padding) by max_new_tokens tokens: (B, T + max_new_tokens).
+                 min_p=0.0, seed=None, generator: Optional[torch.Generator] = None,
+                 attention_mask: Optional[Tensor] = None, eos_token_id: Union[None, int, Sequence[int]] = None,
+                 pad_token_id: Optional[int] = None) -> Tensor:
+        """Continue each prompt (input_ids (B, T)) by up to max_new_tokens tokens: (B, T + n), n <= max_new_tokens.
 
         Each step draws with fastattn.sample (temperature 0 = greedy). seed: an int (row b at step t draws with
         seed + b * 2**20 + t * 2**40), or an int64 (B,) tensor of per-row seeds, which makes each row's tokens
         independent of the rest of the batch; or pass a generator; neither: torch's global RNG.
+
+        attention_mask (B, T), 1 = real token, 0 = padding: prompts of different lengths, left-padded as Hugging
+        Face does for batched generation; each row then generates exactly what it would alone. Right padding is
+        handled too (the new tokens still follow the padded prompt in the output).
+        eos_token_id (an int or several): a row that emits one is finished and emits pad_token_id (default: the
+        eos id) from then on; generation stops early, n < max_new_tokens, once every row has finished.
         """
         B, T = input_ids.shape
-        if self.wpe is not None and T + max_new_tokens > self.config.max_seq_len:
-            raise ValueError(f"prompt length {T} + max_new_tokens {max_new_tokens} exceeds max_seq_len "
+        longest = T
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (B, T):
+                raise ValueError(f"attention_mask must have the shape of input_ids (B, T) = ({B}, {T}), got "
+                                 f"{tuple(attention_mask.shape)}")
+            lengths = attention_mask.to(input_ids.device).bool().sum(1)  # (B,)
+            if bool((lengths == 0).any()):
+                raise ValueError("every prompt needs at least one real token (attention_mask row of zeros)")
+            longest = int(lengths.max())
+        if self.wpe is not None and longest + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds max_seq_len "
                              f"{self.config.max_seq_len}")
-        seeds = None
-        if seed is not None:
-            if isinstance(seed, Tensor):
-                seeds = seed.to(device=input_ids.device, dtype=torch.int64).reshape(-1).expand(B)   # (B,)
-            else:
-                seeds = int(seed) + (torch.arange(B, device=input_ids.device, dtype=torch.int64) << 20)
+        seeds = row_seeds(seed, B, input_ids.device)
+        stop = EosStop(eos_token_id, pad_token_id, B, input_ids.device)
         cache = self.new_cache(B, T + max_new_tokens)
-        logits = self(input_ids, cache)[:, -1]                           # (B, V)
+        logits = self(input_ids, cache, attention_mask)                  # (B, T, V)
+        if attention_mask is None:
+            logits = logits[:, -1]                                       # (B, V)
+        else:  # each row's last real token: the last column when left-padded
+            last = (attention_mask.to(input_ids.device).bool().long()
+                    * torch.arange(T, device=input_ids.device)).argmax(1)                 # (B,)
+            logits = logits[torch.arange(B, device=input_ids.device), last]               # (B, V)
         out = [input_ids]
         for t in range(max_new_tokens):
-            step_seed = None if seeds is None else seeds + (t << 40)
-            tok = fastattn.sample(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                  seed=step_seed, generator=generator)   # (B,)
+            tok = stop(draw(logits, t, seeds, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                            generator=generator))                        # (B,)
             out.append(tok.view(B, 1))                                   # (B,) -> (B, 1)
-            if t + 1 < max_new_tokens:
-                logits = self(tok.view(B, 1), cache)[:, -1]              # (B, 1, V) -> (B, V)
+            if t + 1 == max_new_tokens or stop.done:
+                break
+            logits = self(tok.view(B, 1), cache)[:, -1]                  # (B, 1, V) -> (B, V)
         return torch.cat(out, dim=1)
 
     @classmethod

@@ -3,18 +3,21 @@
 T5's quirks, all visible here: scores are not scaled by 1/sqrt(d) (scale=1.0); positions enter only as a learned
 relative position bias, computed once per stack and handed to every layer's attention as the additive ``bias``;
 RMS layer norms without bias; the decoder cross-attends to the encoder output. ``EncoderDecoder.from_hf`` loads a
-Hugging Face ``T5ForConditionalGeneration``.
+Hugging Face ``T5ForConditionalGeneration``. ``generate`` decodes with a ``Seq2SeqCache``: the decoder's own keys
+and values grow by one position a step, the encoder output's are projected once, and each step attends with
+fastattn.attention, the relative position bias row of the new position as its additive bias.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from .common import Attention, RMSNorm, activation, check_attn_backend, copy_, hf_activation, set_attn_backend
+from .common import (Attention, EosStop, RMSNorm, activation, check_attn_backend, copy_, draw, hf_activation,
+                     row_seeds, set_attn_backend)
 
 
 @dataclass
@@ -71,8 +74,11 @@ class RelativePositionBias(nn.Module):
         return out + torch.where(rel < exact, rel, large)
 
     def forward(self, sq: int, sk: int) -> Tensor:
+        """Query i sits at position i + sk - sq: aligned bottom-right, like causal attention, so that Sq new decoder
+        tokens against Sk cached ones get the last Sq rows of the (Sk, Sk) bias."""
         dev = self.embedding.weight.device
-        rel = torch.arange(sk, device=dev).view(1, sk) - torch.arange(sq, device=dev).view(sq, 1)  # (Sq, Sk)
+        q_pos = torch.arange(sk - sq, sk, device=dev).view(sq, 1)                                 # (Sq, 1)
+        rel = torch.arange(sk, device=dev).view(1, sk) - q_pos                                     # (Sq, Sk)
         return self.embedding(self.bucket(rel)).permute(2, 0, 1).unsqueeze(0)   # (Sq, Sk, H) -> (1, H, Sq, Sk)
 
 
@@ -119,10 +125,38 @@ class DecoderLayer(nn.Module):
         self.ff = FeedForward(c)
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor, pos_bias: Tensor, memory: Tensor, memory_mask: Optional[Tensor]) -> Tensor:
-        x = x + self.drop(self.self_attn(self.norm_self(x), causal=True, bias=pos_bias))
-        x = x + self.drop(self.cross_attn(self.norm_cross(x), memory, key_padding_mask=memory_mask))
+    def forward(self, x: Tensor, pos_bias: Tensor, memory: Optional[Tensor], memory_mask: Optional[Tensor],
+                cache: Optional["Seq2SeqCache"] = None, layer: int = 0) -> Tensor:
+        """x (B, T, C): the decoder tokens, or with ``cache`` the T new ones after cache.length cached ones;
+        pos_bias (1, H, T, cache.length + T) then."""
+        h = self.norm_self(x)
+        if cache is None:
+            x = x + self.drop(self.self_attn(h, causal=True, bias=pos_bias))
+            cross = None
+        else:  # append the new keys and values, then attend to all of them (causal aligned bottom-right)
+            L, T = cache.length, x.shape[1]
+            k, v = self.self_attn.kv(h)                                  # (B, H, T, D) each
+            cache.k[layer][:, :, L:L + T] = k
+            cache.v[layer][:, :, L:L + T] = v
+            kv = (cache.k[layer][:, :, :L + T], cache.v[layer][:, :, :L + T])            # (B, H, L + T, D) each
+            x = x + self.drop(self.self_attn(h, causal=True, bias=pos_bias, kv=kv))
+            cross = cache.cross[layer]
+        x = x + self.drop(self.cross_attn(self.norm_cross(x), memory, key_padding_mask=memory_mask, kv=cross))
         return x + self.drop(self.ff(self.norm_ff(x)))
+
+
+class Seq2SeqCache:
+    """The decoder's KV cache for EncoderDecoder.generate, built by ``EncoderDecoder.new_cache``.
+
+    k[i], v[i]: (B, H, max_len, D), the self-attention keys and values of decoder layer i, filled at positions
+    [0, length) (every sequence decodes in step from the start token, so one length serves all); cross[i]: (k, v)
+    (B, H, S, D), layer i's cross-attention keys and values of the encoder output, projected once.
+    """
+
+    def __init__(self, k: List[Tensor], v: List[Tensor], cross: List[Tuple[Tensor, Tensor]]):
+        self.k, self.v, self.cross = k, v, cross
+        self.max_len = k[0].shape[2] if k else 0
+        self.length = 0
 
 
 class EncoderDecoder(nn.Module):
@@ -164,14 +198,34 @@ class EncoderDecoder(nn.Module):
             x = layer(x, bias, kpm)
         return self.drop(self.enc_norm(x))
 
-    def decode(self, decoder_input_ids: Tensor, memory: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
-        """Logits (B, T, V) of the decoder inputs (B, T) given the encoder output memory (B, S, C) and its mask."""
+    def new_cache(self, memory: Tensor, max_len: int) -> Seq2SeqCache:
+        """An empty decoder cache for up to max_len decoder tokens, with the cross-attention keys and values of
+        the encoder output memory (B, S, C)."""
+        c, (B, _, _) = self.config, memory.shape
+        shape = (B, c.n_heads, max_len, c.head_dim)
+        k = [memory.new_zeros(shape) for _ in self.dec_layers]
+        v = [memory.new_zeros(shape) for _ in self.dec_layers]
+        return Seq2SeqCache(k, v, [layer.cross_attn.kv(memory) for layer in self.dec_layers])
+
+    def decode(self, decoder_input_ids: Tensor, memory: Optional[Tensor], attention_mask: Optional[Tensor] = None,
+               *, cache: Optional[Seq2SeqCache] = None) -> Tensor:
+        """Logits (B, T, V) of the decoder inputs (B, T) given the encoder output memory (B, S, C) and its mask.
+
+        With ``cache``: decoder_input_ids are the T tokens after the cache.length cached ones (one a step when
+        generating); their keys and values join the cache, cross-attention uses the cache's (memory may be None),
+        and cache.length grows by T.
+        """
         T = decoder_input_ids.shape[1]
+        L = 0 if cache is None else cache.length
+        if cache is not None and L + T > cache.max_len:
+            raise ValueError(f"the cache holds {cache.max_len} decoder tokens: {L} cached + {T} new do not fit")
         kpm = None if attention_mask is None else attention_mask.bool()    # (B, S)
-        bias = self.dec_pos_bias(T, T)                                       # (1, H, T, T)
+        bias = self.dec_pos_bias(T, L + T)                                   # (1, H, T, L + T): rows L .. L+T-1
         x = self.drop(self.shared(decoder_input_ids))                        # (B, T, C)
-        for layer in self.dec_layers:
-            x = layer(x, bias, memory, kpm)
+        for i, layer in enumerate(self.dec_layers):
+            x = layer(x, bias, memory, kpm, cache, i)
+        if cache is not None:
+            cache.length += T
         x = self.drop(self.dec_norm(x))
         if self.config.scale_decoder_output:
             x = x * self.config.d_model ** -0.5
@@ -181,15 +235,34 @@ class EncoderDecoder(nn.Module):
         return self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask)
 
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, max_new_tokens: int, attention_mask: Optional[Tensor] = None) -> Tensor:
-        """Greedy decoding (B, 1 + max_new_tokens), starting from decoder_start_token_id. No KV cache: each step
-        reruns the decoder over the tokens so far (kept simple; the Decoder shows the cached path)."""
-        memory = self.encode(input_ids, attention_mask)
-        out = torch.full((input_ids.shape[0], 1), self.config.decoder_start_token_id, dtype=torch.long,
-                         device=input_ids.device)
-        for _ in range(max_new_tokens):
-            nxt = self.decode(out, memory, attention_mask)[:, -1].argmax(-1, keepdim=True)   # (B, 1)
-            out = torch.cat([out, nxt], dim=1)
+    def generate(self, input_ids: Tensor, max_new_tokens: int, attention_mask: Optional[Tensor] = None, *,
+                 temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, seed=None,
+                 generator: Optional[torch.Generator] = None, eos_token_id: Union[None, int, Sequence[int]] = None,
+                 pad_token_id: Optional[int] = None, use_cache: bool = True) -> Tensor:
+        """Decoder tokens (B, 1 + n), n <= max_new_tokens, starting from decoder_start_token_id.
+
+        Each step draws with fastattn.sample: greedy by default (temperature 0); temperature, top_k, top_p,
+        min_p, seed and generator as in Decoder.generate (per-row seed tensors make rows batch-independent).
+        eos_token_id (an int or several): a finished row emits pad_token_id (default: the eos id) from then on, and
+        generation stops once every row has finished. use_cache=False reruns the whole decoder every step (a
+        reference for the cached path).
+        """
+        B, dev = input_ids.shape[0], input_ids.device
+        memory = self.encode(input_ids, attention_mask)                      # (B, S, C)
+        seeds = row_seeds(seed, B, dev)
+        stop = EosStop(eos_token_id, pad_token_id, B, dev)
+        out = torch.full((B, 1), self.config.decoder_start_token_id, dtype=torch.long, device=dev)   # (B, 1)
+        cache = self.new_cache(memory, max_new_tokens) if use_cache else None
+        for t in range(max_new_tokens):
+            if cache is not None:  # only the newest token: the cache holds the ones before it
+                logits = self.decode(out[:, -1:], memory, attention_mask, cache=cache)[:, -1]     # (B, V)
+            else:
+                logits = self.decode(out, memory, attention_mask)[:, -1]                           # (B, V)
+            tok = stop(draw(logits, t, seeds, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                            generator=generator))                            # (B,)
+            out = torch.cat([out, tok.view(B, 1)], dim=1)
+            if stop.done:
+                break
         return out
 
     @classmethod
