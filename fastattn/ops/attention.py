@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import reference
 from .._backend import resolve
-from . import _checks
+from . import _checks, _dispatch
 
 ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -22,27 +22,7 @@ _torch_sdpa = torch.nn.functional.scaled_dot_product_attention
 
 
 def _kernel_module(backend: str):
-    if backend == "triton":
-        from ..triton import attention as m
-    elif backend == "cuda":
-        from .. import _cuda as m
-    else:
-        raise AssertionError(backend)
-    return m
-
-
-def _unsupported(fn: str, *args):
-    """A resolve() support check: asks the backend's kernel module whether it can run this call."""
-    def check(backend: str) -> Optional[str]:
-        try:
-            m = _kernel_module(backend)
-        except ImportError as e:
-            return f"its attention kernels are not available ({e})"
-        probe = getattr(m, fn, None)
-        if probe is None:
-            return f"it has no {fn.replace('unsupported_', '')} kernel yet"
-        return probe(*args)
-    return check
+    return _dispatch.kernel_module(backend, "attention")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -176,7 +156,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
                              f"{tuple(key_padding_mask.shape)}")
         _checks.same_device(("q", q), ("key_padding_mask", key_padding_mask))
     name = resolve(backend, q.device, "attention",
-                   _unsupported("unsupported_attention", q, k, v, bias, key_padding_mask, causal))
+                   _dispatch.support_check("attention", "attention_fwd", q.dtype, "unsupported_attention",
+                                           (q, k, v, bias, key_padding_mask, causal)))
     out, lse = attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, name)
     return (out, lse) if return_lse else out
 
@@ -217,7 +198,8 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
     scale = _checks.positive_scale(scale)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     name = resolve(backend, q.device, "decode_attention",
-                   _unsupported("unsupported_decode", q, k_cache, v_cache, cache_seqlens))
+                   _dispatch.support_check("attention", "decode_attention", q.dtype, "unsupported_decode",
+                                           (q, k_cache, v_cache, cache_seqlens)))
     return decode_attention_op(q, k_cache, v_cache, cache_seqlens.to(torch.int32), scale, name)
 
 

@@ -13,34 +13,14 @@ from torch import Tensor
 
 from .. import reference
 from .._backend import resolve
-from . import _checks
+from . import _checks, _dispatch
 
 LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SEED_RANGE = 1 << 62
 
 
 def _kernel_module(backend: str):
-    if backend == "triton":
-        from ..triton import sampling as m
-    elif backend == "cuda":
-        from .. import _cuda as m
-    else:
-        raise AssertionError(backend)
-    return m
-
-
-def _unsupported(logits: Tensor, fn: str):
-    def check(backend: str) -> Optional[str]:
-        if logits.dtype == torch.float64:
-            return "float64 runs on the torch backend only"
-        try:
-            m = _kernel_module(backend)
-        except ImportError as e:
-            return f"its sampling kernels are not available ({e})"
-        if not hasattr(m, fn):
-            return f"it has no {fn} kernel yet"
-        return None
-    return check
+    return _dispatch.kernel_module(backend, "sampling")
 
 
 def _param(t: Optional[Tensor], value):
@@ -168,7 +148,7 @@ def sample(logits: Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, ge
     """
     (tt, t), (kt, k), (pt, p), (mt, m) = _checked_params(logits, temperature, top_k, top_p, min_p)
     seeds = _seeds(logits, generator, seed)
-    name = resolve(backend, logits.device, "sample", _unsupported(logits, "sample"))
+    name = resolve(backend, logits.device, "sample", _dispatch.support_check("sampling", "sample", logits.dtype))
     return sample_op(logits, tt, t, kt, k, pt, p, mt, m, seeds, name)
 
 
@@ -179,5 +159,5 @@ def top_k_top_p_filter(logits: Tensor, *, top_k=0, top_p=1.0, min_p=0.0, tempera
     Same parameters and rules as ``sample``; rows with temperature 0 keep only their first maximal logit.
     """
     (tt, t), (kt, k), (pt, p), (mt, m) = _checked_params(logits, temperature, top_k, top_p, min_p)
-    name = resolve(backend, logits.device, "top_k_top_p_filter", _unsupported(logits, "top_k_top_p_filter"))
+    name = resolve(backend, logits.device, "top_k_top_p_filter", _dispatch.support_check("sampling", "top_k_top_p_filter", logits.dtype))
     return filter_op(logits, tt, t, kt, k, pt, p, mt, m, name)

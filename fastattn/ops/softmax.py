@@ -11,37 +11,15 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import reference
-from .. import _backend
+from .. import _backend, reference
 from .._backend import resolve
-from . import _checks
+from . import _checks, _dispatch
 
 SOFTMAX_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _kernel_module(backend: str):
-    if backend == "triton":
-        from ..triton import softmax as m
-    elif backend == "cuda":
-        from .. import _cuda as m
-    else:
-        raise AssertionError(backend)
-    return m
-
-
-def _unsupported(x: Tensor, backward: bool):
-    def check(backend: str) -> Optional[str]:
-        if x.dtype == torch.float64:
-            return "float64 runs on the torch backend only"
-        try:
-            m = _kernel_module(backend)
-        except ImportError as e:
-            return f"its softmax kernels are not available ({e})"
-        fn = "softmax_bwd" if backward else "softmax_fwd"
-        if not hasattr(m, fn):
-            return f"it has no {fn} kernel yet"
-        return None
-    return check
+    return _dispatch.kernel_module(backend, "softmax")
 
 
 def _rows(x: Tensor, dim: int) -> Tuple[Tensor, tuple]:
@@ -103,9 +81,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     y, temperature = ctx.saved_tensors
     backend = ctx.backend
-    if backend == "cuda" and _unsupported(y, True)("cuda") is not None:
+    has_bwd = _dispatch.support_check("softmax", "softmax_bwd", y.dtype)
+    if backend == "cuda" and has_bwd("cuda") is not None:
         # The extension has a forward kernel only (so far): the backward runs on Triton, or the reference.
-        backend = "triton" if _backend.triton_status() is True and _unsupported(y, True)("triton") is None else "torch"
+        backend = "triton" if _backend.triton_status() is True and has_bwd("triton") is None else "torch"
     dx = softmax_bwd(grad.contiguous(), y, temperature, ctx.temp, ctx.dim, backend)
     return dx, None, None, None, None
 
@@ -151,5 +130,5 @@ def softmax(x: Tensor, temperature=1.0, dim: int = -1, *, backend: str = "auto")
         if not temp > 0 or temp == float("inf"):
             raise ValueError(f"temperature must be a positive finite float, got {temperature}")
         temperature = None
-    name = resolve(backend, x.device, "softmax", _unsupported(x, False))
+    name = resolve(backend, x.device, "softmax", _dispatch.support_check("softmax", "softmax_fwd", x.dtype))
     return softmax_fwd(x, temperature, temp, dim, name)
