@@ -1,0 +1,295 @@
+"""Triton sort-free sampling (fastattn/triton/sampling.py) against reference.top_k_top_p_filter / sample.
+
+The kept set must equal the reference's exactly; a token must never fall outside it. The kernel draws from
+the reference's own counter-based uniform by inverse CDF in vocabulary order, so tokens also agree with the
+reference's except where u * (kept mass) lands within float32 rounding of a CDF step; a chi-square test checks
+the draws against the filtered distribution independently of that.
+
+Interpreted rows cost 0.02-0.3 s each, so batches are small. The launchers take cap / block overrides:
+a tiny candidate capacity and tile reach the zoom, partial and tie-group paths at small V.
+"""
+import pytest
+import torch
+
+import fastattn
+from fastattn import reference
+from fastattn.triton import sampling as tsp
+
+from _utils import HAS_GPU
+
+pytestmark = pytest.mark.triton
+
+INF = float("inf")
+# (cap, block) overrides: the default, then small enough to force zoom passes, partial resolution and
+# the vocabulary-order draw pass at interpreter sizes.
+PATHS = {"default": {}, "small_cap": {"cap": 4, "block": 64}, "mid_cap": {"cap": 16, "block": 256}}
+
+
+def _dev():
+    return "cuda" if HAS_GPU else "cpu"
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _logits(b, v, seed, scale=2.0, dtype=torch.float32, ties=False):
+    x = torch.randn(b, v, generator=_gen(seed)) * scale
+    if ties:
+        x = torch.round(x * 2) / 2  # many exact ties, also at the top-k / top-p boundaries
+    return x.to(device=_dev(), dtype=dtype)
+
+
+def _seeds(b, seed):
+    return torch.randint(-(1 << 62), 1 << 62, (b,), generator=_gen(seed)).to(_dev())
+
+
+def _assert_same_filter(out, ref, what=""):
+    """Same kept set (finite entries), same values there, NaN rows alike."""
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    out, ref = out.cpu(), ref.cpu().float()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{what}: NaN rows differ"
+    kept_o, kept_r = out > -INF, ref > -INF
+    if not torch.equal(kept_o, kept_r):
+        rows = (kept_o != kept_r).any(1).nonzero().flatten().tolist()
+        raise AssertionError(f"{what}: kept sets differ in rows {rows}: kept {kept_o.sum(1).tolist()} vs "
+                             f"reference {kept_r.sum(1).tolist()}")
+    fin = kept_o & ~torch.isnan(out)
+    assert torch.equal(out[fin], ref[fin]), f"{what}: kept values differ"
+
+
+def _launcher_args(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, **kw):
+    """The launcher with numbers or (B,) tensors, as the op passes them."""
+    def split(v, dtype):
+        return (v.to(dtype).contiguous(), 0) if isinstance(v, torch.Tensor) else (None, v)
+    (tt, t), (kt, k), (pt, p), (mt, m) = (split(temperature, torch.float32), split(top_k, torch.int64),
+                                          split(top_p, torch.float32), split(min_p, torch.float32))
+    return tt, t, kt, k, pt, p, mt, m
+
+
+def _kernel_filter(x, kw, **params):
+    return tsp.top_k_top_p_filter(x, *_launcher_args(**params), **kw)
+
+
+def _kernel_sample(x, seeds, kw, **params):
+    return tsp.sample(x, *_launcher_args(**params), seeds, **kw)
+
+
+FILTER_CASES = [
+    dict(top_k=50),
+    dict(top_p=0.9),
+    dict(top_k=40, top_p=0.8),
+    dict(min_p=0.1),
+    dict(top_k=200, top_p=0.95, min_p=0.02),
+    dict(top_p=0.5, min_p=0.3, temperature=0.5),
+    dict(),
+]
+
+
+def _case_id(c):
+    return "-".join(f"{k}={v}" for k, v in c.items()) or "none"
+
+
+@pytest.mark.parametrize("width", [7, 1000])
+@pytest.mark.parametrize("params", FILTER_CASES, ids=_case_id)
+def test_filter_matches_reference(params, width):
+    x = _logits(3, width, seed=width)
+    params = {"temperature": 0.8, **params}
+    out = fastattn.top_k_top_p_filter(x, backend="triton", **params)
+    _assert_same_filter(out, reference.top_k_top_p_filter(x, **params), _case_id(params))
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("kind", ["ties", "neg_inf", "bf16", "fp16"])
+def test_filter_paths_and_dtypes(kind, path):
+    """Per-row parameters (one greedy row), exact ties, -inf logits and 16-bit inputs on every path."""
+    v = 700
+    x = _logits(4, v, seed=20, ties=kind == "ties",
+                dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(kind, torch.float32))
+    if kind == "neg_inf":
+        x[:, ::3] = -INF
+    params = dict(temperature=torch.tensor([0.7, 1.3, 0.0, 1.0]), top_k=torch.tensor([30, 0, 5, 400]),
+                  top_p=torch.tensor([0.9, 0.6, 0.5, 1.0]), min_p=torch.tensor([0.0, 0.05, 0.0, 0.01]))
+    params = {k: t.to(_dev()) for k, t in params.items()}
+    out = _kernel_filter(x, PATHS[path], **params)
+    _assert_same_filter(out, reference.top_k_top_p_filter(x, **params), f"{kind}/{path}")
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_tie_group_larger_than_cap(path):
+    """A run of equal logits at the threshold longer than the candidate capacity: kept or removed whole."""
+    x = torch.zeros(3, 300, device=_dev())
+    x[:, :10] = 3.0
+    x[:, 10:] = torch.randn(3, 290, generator=_gen(21)).to(_dev()) * 0.01 - 5.0
+    x[:, 50:250] = 1.0  # 200 ties below the 10 largest
+    for params in (dict(top_k=15), dict(top_p=0.2), dict(top_p=0.7), dict(top_k=240, top_p=0.99)):
+        out = _kernel_filter(x, PATHS[path], **params)
+        _assert_same_filter(out, reference.top_k_top_p_filter(x, **params), f"{params}/{path}")
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_samples_inside_kept_set_and_match_reference(path):
+    """Hard check (every token in the reference's kept set) plus agreement with the reference's draws."""
+    b, v = 32, 500
+    g = _gen(22)
+    x = _logits(b, v, seed=23, ties=path == "small_cap")
+    params = dict(temperature=(torch.rand(b, generator=g) + 0.3).to(_dev()),
+                  top_k=torch.randint(0, 80, (b,), generator=g).to(_dev()),
+                  top_p=(torch.rand(b, generator=g) * 0.6 + 0.4).to(_dev()),
+                  min_p=torch.where(torch.rand(b, generator=g) < 0.5, 0.0, 0.1).to(_dev()))
+    seeds = _seeds(b, 24)
+    tok = _kernel_sample(x, seeds, PATHS[path], **params).cpu()
+    kept = reference.top_k_top_p_filter(x, **params).cpu() > -INF
+    assert ((tok >= 0) & (tok < v)).all()
+    assert kept[torch.arange(b), tok].all(), "a token outside the kept set"
+    ref = reference.sample(x, seeds=seeds, **params).cpu()
+    assert (tok == ref).float().mean() >= 0.9, f"agreement with the reference draws: {(tok == ref).tolist()}"
+
+
+# top-k + top-p: drawn in registers from the compacted candidates. min-p / no filter: drawn by the pass in
+# vocabulary order, with block=4 so that it crosses tile boundaries.
+@pytest.mark.parametrize("params, block", [(dict(top_k=5, top_p=0.9), 16), (dict(min_p=0.05), 4), (dict(), 4)],
+                         ids=["topk_topp", "minp", "none"])
+def test_draws_follow_filtered_distribution(params, block):
+    """Chi-square of N draws (seeds 0..N-1, so deterministic) against softmax of the kept logits."""
+    n, v = 240, 10
+    x = torch.tensor([[2.0, 1.5, 1.4, 0.3, 0.0, -0.2, -1.0, 1.0, 0.5, -3.0]], device=_dev()).repeat(n, 1)
+    seeds = torch.arange(n, dtype=torch.int64, device=_dev())
+    tok = _kernel_sample(x, seeds, {"block": block}, temperature=0.9, **params).cpu()
+    z = reference.top_k_top_p_filter(x[:1], temperature=0.9, **params).cpu()[0]
+    p = torch.softmax(z.double(), 0)
+    counts = torch.bincount(tok, minlength=v).double()
+    assert counts[p == 0].sum() == 0, "draws outside the kept set"
+    e = p[p > 0] * n
+    chi2 = float(((counts[p > 0] - e) ** 2 / e).sum())
+    # 99.9% quantile of chi-square with up to 9 degrees of freedom is 27.9; the draw is fixed by the seeds.
+    assert chi2 < 27.9, f"chi2 {chi2:.1f}: counts {counts.tolist()} vs expected {(p * n).tolist()}"
+
+
+def test_greedy_exact_with_ties():
+    x = _logits(4, 301, seed=25, ties=True)
+    x[0, [17, 40, 300]] = 9.0          # tied maxima: the lowest index wins
+    x[2, [299, 300]] = 7.0
+    x[3] = -INF
+    x[3, 123] = 0.5
+    t = torch.tensor([0.0, 0.0, 0.0, 0.0], device=_dev())
+    for temperature in (0.0, t):
+        tok = fastattn.sample(x, temperature=temperature, top_k=3, top_p=0.5, seed=1, backend="triton").cpu()
+        assert tok.tolist() == reference.sample(x, temperature=t, seeds=torch.ones(4, dtype=torch.int64,
+                                                                                   device=_dev())).tolist()
+        assert tok[0] == 17 and tok[2] == 299 and tok[3] == 123
+        out = fastattn.top_k_top_p_filter(x, temperature=temperature, backend="triton")
+        _assert_same_filter(out, reference.top_k_top_p_filter(x, temperature=t), "greedy")
+
+
+@pytest.mark.parametrize("params", [dict(top_k=1), dict(top_p=1e-6), dict(min_p=0.999), dict(top_k=1, top_p=0.3)],
+                         ids=_case_id)
+def test_single_kept_token_equals_reference(params):
+    x = _logits(4, 999, seed=26)
+    tok = fastattn.sample(x, temperature=0.7, seed=torch.arange(4, device=_dev()), backend="triton", **params)
+    assert tok.cpu().tolist() == x.argmax(1).cpu().tolist()
+    _assert_same_filter(fastattn.top_k_top_p_filter(x, temperature=0.7, backend="triton", **params),
+                        reference.top_k_top_p_filter(x, temperature=0.7, **params), _case_id(params))
+
+
+def test_reproducible_and_independent_of_batch():
+    b, v = 6, 400
+    x = _logits(b, v, seed=27)
+    seeds = _seeds(b, 28)
+    kw = dict(temperature=1.1, top_k=60, top_p=0.9)
+    tok = fastattn.sample(x, seed=seeds, backend="triton", **kw)
+    assert torch.equal(tok, fastattn.sample(x, seed=seeds, backend="triton", **kw))
+    perm = torch.tensor([3, 5, 0, 1, 4, 2], device=_dev())
+    assert torch.equal(fastattn.sample(x[perm], seed=seeds[perm], backend="triton", **kw), tok[perm])
+    other = x.clone()
+    other[1:] = _logits(b - 1, v, seed=29)
+    assert fastattn.sample(other, seed=seeds, backend="triton", **kw)[0] == tok[0]
+    assert fastattn.sample(x[:1], seed=seeds[:1], backend="triton", **kw)[0] == tok[0]
+    # One int seed for every row (the launcher's allocation-free form) equals the (B,) tensor of it.
+    args = (None, 1.1, None, 60, None, 0.9, None, 0.0)
+    assert torch.equal(tsp.sample(x, *args, -12345), tsp.sample(x, *args, torch.full((b,), -12345, device=_dev())))
+
+
+def test_nan_row_gives_minus_one_and_others_unaffected():
+    x = _logits(3, 257, seed=30)
+    clean = fastattn.sample(x, temperature=0.9, top_p=0.8, seed=7, backend="triton")
+    x[1, 100] = float("nan")
+    for t in (0.9, 0.0):
+        tok = fastattn.sample(x, temperature=t, top_p=0.8, seed=7, backend="triton")
+        assert tok[1] == -1
+        if t:
+            assert tok[0] == clean[0] and tok[2] == clean[2]
+    out = fastattn.top_k_top_p_filter(x, top_k=5, backend="triton")
+    assert torch.isnan(out[1]).all() and not torch.isnan(out[[0, 2]]).any()
+
+
+def test_non_finite_rows():
+    """All -inf (any temperature) and +inf rows give -1 and never hang; other rows are unaffected."""
+    x = _logits(4, 50, seed=31)
+    x[0] = -INF
+    x[1, 7] = INF
+    x[2] = torch.full((50,), 1e38)  # finite logits whose z = x / T overflows to +inf
+    for params in (dict(), dict(top_k=3), dict(top_p=0.5), dict(min_p=0.5), dict(temperature=0.0)):
+        tok = fastattn.sample(x, seed=3, backend="triton", **{"temperature": 0.1, **params}).cpu()
+        greedy = params.get("temperature") == 0.0  # greedy rows are not divided: 1e38 stays finite
+        assert tok[:3].tolist() == [-1, -1, 0 if greedy else -1], params
+        assert 0 <= tok[3] < 50
+    out = fastattn.top_k_top_p_filter(x, top_p=0.5, backend="triton").cpu()
+    assert (out[0] == -INF).all()
+    assert out[1, 7] == INF and (out[1, torch.arange(50) != 7] == -INF).all()  # only its +inf is kept
+
+
+def test_v1_topk_ge_v_tiny_top_p():
+    x1 = _logits(3, 1, seed=32)
+    assert fastattn.sample(x1, top_k=5, top_p=0.1, seed=0, backend="triton").tolist() == [0, 0, 0]
+    _assert_same_filter(fastattn.top_k_top_p_filter(x1, top_p=0.1, backend="triton"),
+                        reference.top_k_top_p_filter(x1, top_p=0.1), "V=1")
+    x = _logits(3, 77, seed=33)
+    for k in (77, 78, 10 ** 12):
+        _assert_same_filter(fastattn.top_k_top_p_filter(x, top_k=k, top_p=0.9, backend="triton"),
+                            reference.top_k_top_p_filter(x, top_k=k, top_p=0.9), f"top_k={k}")
+    for p in (1e-9, 1e-30):
+        out = fastattn.top_k_top_p_filter(x, top_p=p, backend="triton")
+        _assert_same_filter(out, reference.top_k_top_p_filter(x, top_p=p), f"top_p={p}")
+        assert ((out > -INF).sum(1) == 1).all()
+
+
+def test_strided_logits():
+    wide = _logits(4, 900, seed=34)
+    x = wide[:, :700]  # row stride 900
+    params = dict(temperature=0.6, top_k=25, top_p=0.85)
+    _assert_same_filter(fastattn.top_k_top_p_filter(x, backend="triton", **params),
+                        reference.top_k_top_p_filter(x, **params), "row stride")
+    xt = _logits(300, 3, seed=35).t()  # column stride 3: the launcher makes it contiguous
+    _assert_same_filter(fastattn.top_k_top_p_filter(xt, backend="triton", **params),
+                        reference.top_k_top_p_filter(xt, **params), "column stride")
+    assert torch.equal(fastattn.sample(x, seed=4, backend="triton", **params),
+                       fastattn.sample(x.contiguous(), seed=4, backend="triton", **params))
+
+
+def test_opcheck():
+    x = _logits(2, 37, seed=36)
+    seeds = _seeds(2, 37)
+    k = torch.tensor([3, 0], device=_dev())
+    torch.library.opcheck(torch.ops.fastattn.sample.default,
+                          (x, None, 0.8, None, 5, None, 0.9, None, 0.0, seeds, "triton"))
+    torch.library.opcheck(torch.ops.fastattn.sample.default,
+                          (x, None, 1.0, k, 0, None, 1.0, None, 0.1, seeds, "triton"))
+    torch.library.opcheck(torch.ops.fastattn.top_k_top_p_filter.default,
+                          (x, None, 0.8, None, 5, None, 0.9, None, 0.0, "triton"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("v", [32000, 131072])
+@pytest.mark.parametrize("b", [1, 128])
+def test_gpu_sizes(b, v):
+    x = torch.randn(b, v, device="cuda") * 3
+    seeds = torch.arange(b, device="cuda")
+    for params in (dict(temperature=0.8, top_k=50, top_p=0.9), dict(top_p=0.95), dict(min_p=0.05, top_k=1000)):
+        _assert_same_filter(fastattn.top_k_top_p_filter(x, backend="triton", **params),
+                            reference.top_k_top_p_filter(x, **params), f"{b}x{v} {params}")
+        tok = fastattn.sample(x, seed=seeds, backend="triton", **params)
+        kept = reference.top_k_top_p_filter(x, **params) > -INF
+        assert kept[torch.arange(b, device="cuda"), tok].all()
+        ref = reference.sample(x, seeds=seeds, **params)
+        assert (tok == ref).float().mean() >= 0.95
