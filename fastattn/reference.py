@@ -200,7 +200,8 @@ def top_k_top_p_filter(logits: Tensor, *, top_k=0, top_p=1.0, min_p=0.0, tempera
     """Logits / temperature with the tokens that top-k, then top-p, then min-p remove set to -inf.
 
     Float32 result (float64 for float64 logits). Rows with temperature 0 are greedy: they keep only the
-    first maximal logit, undivided. A row holding NaN comes back all NaN.
+    first maximal logit, undivided. A row with +inf logits keeps just those; a row holding NaN comes back all
+    NaN.
     """
     b, v = logits.shape
     cd = _compute_dtype(logits)
@@ -226,7 +227,8 @@ def top_k_top_p_filter(logits: Tensor, *, top_k=0, top_p=1.0, min_p=0.0, tempera
     sorted_p = torch.sort(probs, dim=1, descending=True).values
     excl = torch.nn.functional.pad(torch.cumsum(sorted_p, dim=1), (1, 0))[:, :-1]  # mass before position
     n_greater = torch.searchsorted(-sorted_p, -probs, right=False)  # how many are strictly larger
-    mass_greater = excl.gather(1, n_greater)                      # n_greater < V: p_j is not above itself
+    # n_greater < V since p_j is not above itself; the clamp only guards NaN rows, which end up all NaN anyway.
+    mass_greater = excl.gather(1, n_greater.clamp(max=v - 1))
     keep_p = (mass_greater < p_top.to(torch.float64).unsqueeze(1)) | (p_top.unsqueeze(1) >= 1)
     z = torch.where(keep_p, z, neg_inf)
 
@@ -242,6 +244,10 @@ def top_k_top_p_filter(logits: Tensor, *, top_k=0, top_p=1.0, min_p=0.0, tempera
         first = torch.nn.functional.one_hot(x.argmax(dim=1), v).bool() if v > 0 else torch.zeros_like(x, dtype=torch.bool)
         zg = torch.where(first, x, neg_inf)
         z = torch.where(greedy.unsqueeze(1), zg, z)
+    # A row with +inf logits (after the temperature) puts all its mass on them: those are what it keeps.
+    zt = x / torch.where(greedy, torch.ones_like(t), t).unsqueeze(1)
+    inf_row = torch.isposinf(zt).any(dim=1, keepdim=True)
+    z = torch.where(inf_row, torch.where(torch.isposinf(zt), zt, neg_inf), z)
     nan_row = torch.isnan(x).any(dim=1, keepdim=True)
     return torch.where(nan_row, torch.full_like(z, float("nan")), z)
 

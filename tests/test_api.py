@@ -436,3 +436,19 @@ def test_use_backend_sets_the_default():
         with fastattn.use_backend("cuda"):
             with pytest.raises(fastattn.BackendUnavailable):
                 fastattn.softmax(x)
+
+
+def test_filter_row_with_plus_inf_keeps_only_those():
+    logits = randn(3, 12, seed=8)
+    logits[1, 4] = float("inf")
+    out = fastattn.top_k_top_p_filter(logits, top_k=3, top_p=0.5, backend="torch")
+    assert out[1, 4] == float("inf") and torch.isneginf(out[1, torch.arange(12) != 4]).all()
+    assert torch.isfinite(out[[0, 2]]).sum(1).min() >= 1
+    assert fastattn.sample(logits, top_p=0.5, seed=0, backend="torch")[1] == -1
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("shape,dim", [((3, 0), -1), ((0, 5), -1), ((2, 0, 4), 1)])
+def test_softmax_empty_on_kernel_backend(shape, dim):
+    x = torch.randn(shape)
+    assert fastattn.softmax(x, 0.5, dim, backend="triton").shape == shape

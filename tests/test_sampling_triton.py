@@ -279,6 +279,19 @@ def test_opcheck():
                           (x, None, 0.8, None, 5, None, 0.9, None, 0.0, "triton"))
 
 
+def test_eager_direct_path_equals_the_op():
+    """Eager sample() skips the custom-op dispatch; it must give what the op gives, an int seed included."""
+    x = _logits(3, 61, seed=37)
+    params = dict(temperature=0.7, top_k=9, top_p=0.9)
+    direct = fastattn.sample(x, seed=11, backend="triton", **params)
+    via_op = torch.ops.fastattn.sample.default(x, None, 0.7, None, 9, None, 0.9, None, 0.0,
+                                               torch.full((3,), 11, dtype=torch.int64, device=x.device), "triton")
+    assert torch.equal(direct, via_op)
+    seeds = _seeds(3, 38)
+    assert torch.equal(fastattn.sample(x, seed=seeds, backend="triton", **params),
+                       torch.ops.fastattn.sample.default(x, None, 0.7, None, 9, None, 0.9, None, 0.0, seeds, "triton"))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("v", [32000, 131072])
 @pytest.mark.parametrize("b", [1, 128])

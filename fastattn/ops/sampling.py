@@ -85,7 +85,7 @@ def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expecte
         raise TypeError(f"{name} must be {'an int' if integer else 'a float'} or a (B,) tensor, got "
                         f"{type(value).__name__}")
     number = int(value) if integer else float(value)
-    if not bool(ok(torch.tensor(number))):
+    if not ok(number):  # the predicates use only comparisons and &, so they take numbers and tensors alike
         raise ValueError(f"{name} must be {expected}, got {value}")
     return None, number
 
@@ -99,7 +99,7 @@ def _checked_params(logits: Tensor, temperature, top_k, top_p, min_p):
     dev = logits.device
     return (
         _check_param("temperature", temperature, b, dev, integer=False,
-                     ok=lambda t: (t >= 0) & torch.isfinite(t), expected="a finite float >= 0"),
+                     ok=lambda t: (t >= 0) & (t < float("inf")), expected="a finite float >= 0"),
         _check_param("top_k", top_k, b, dev, integer=True, ok=lambda t: t >= 0, expected="an int >= 0"),
         _check_param("top_p", top_p, b, dev, integer=False, ok=lambda t: (t > 0) & (t <= 1),
                      expected="in (0, 1]"),
@@ -107,7 +107,8 @@ def _checked_params(logits: Tensor, temperature, top_k, top_p, min_p):
     )
 
 
-def _seeds(logits: Tensor, generator, seed) -> Tensor:
+def _seeds(logits: Tensor, generator, seed, int_ok: bool = False):
+    """The int64 (B,) seed of each row; with int_ok, an int seed comes back as the int (one for every row)."""
     b = logits.shape[0]
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
@@ -127,6 +128,8 @@ def _seeds(logits: Tensor, generator, seed) -> Tensor:
         raise TypeError(f"seed must be an int or an int64 (B,) tensor, got {type(seed).__name__}")
     if not -(1 << 63) <= int(seed) < (1 << 63):
         raise ValueError(f"seed must fit in int64, got {seed}")
+    if int_ok:
+        return int(seed)
     return torch.full((b,), int(seed), dtype=torch.int64, device=logits.device)
 
 
@@ -147,8 +150,14 @@ def sample(logits: Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, ge
     finite logit) yields -1.
     """
     (tt, t), (kt, k), (pt, p), (mt, m) = _checked_params(logits, temperature, top_k, top_p, min_p)
-    seeds = _seeds(logits, generator, seed)
     name = resolve(backend, logits.device, "sample", _dispatch.support_check("sampling", "sample", logits.dtype))
+    if name == "triton" and not _checks.is_compiling():
+        # Eager calls go straight to the launcher: the custom-op dispatch costs ~7-16 µs of host time a call,
+        # which a one-token decode step feels, and adds nothing here (no gradient, a fresh output). An int seed
+        # goes through as it is, sparing a seed tensor. torch.compile still sees the op.
+        seeds = _seeds(logits, generator, seed, int_ok=True)
+        return _kernel_module(name).sample(logits, tt, t, kt, k, pt, p, mt, m, seeds)
+    seeds = _seeds(logits, generator, seed)
     return sample_op(logits, tt, t, kt, k, pt, p, mt, m, seeds, name)
 
 

@@ -5,6 +5,7 @@ scalar inverse temperature or a float32 (rows,) tensor of them; this file does t
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Tuple
 
@@ -25,7 +26,8 @@ def _kernel_module(backend: str):
 def _rows(x: Tensor, dim: int) -> Tuple[Tensor, tuple]:
     """x with ``dim`` moved last, as a contiguous (rows, n) tensor, and the moved shape to undo it."""
     moved = x.movedim(dim, -1)
-    return moved.reshape(-1, moved.shape[-1]).contiguous(), tuple(moved.shape)
+    rows = math.prod(moved.shape[:-1])  # not reshape(-1, n): that cannot infer -1 when n == 0
+    return moved.reshape(rows, moved.shape[-1]).contiguous(), tuple(moved.shape)
 
 
 def _row_inv_temperature(t: Tensor, x: Tensor, dim: int) -> Tensor:
