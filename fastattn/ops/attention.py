@@ -200,7 +200,10 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
     name = resolve(backend, q.device, "decode_attention",
                    _dispatch.support_check("attention", "decode_attention", q.dtype, "unsupported_decode",
                                            (q, k_cache, v_cache, cache_seqlens)))
-    return decode_attention_op(q, k_cache, v_cache, cache_seqlens.to(torch.int32), scale, name)
+    lens = cache_seqlens.to(torch.int32)
+    if _dispatch.eager_kernel_call(name):  # one call per layer per generated token: skip the op's dispatch
+        return _kernel_module(name).decode_attention(q, k_cache, v_cache, lens, scale)
+    return decode_attention_op(q, k_cache, v_cache, lens, scale, name)
 
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,

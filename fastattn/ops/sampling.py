@@ -151,10 +151,9 @@ def sample(logits: Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, ge
     """
     (tt, t), (kt, k), (pt, p), (mt, m) = _checked_params(logits, temperature, top_k, top_p, min_p)
     name = resolve(backend, logits.device, "sample", _dispatch.support_check("sampling", "sample", logits.dtype))
-    if name == "triton" and not _checks.is_compiling():
-        # Eager calls go straight to the launcher: the custom-op dispatch costs ~7-16 µs of host time a call,
-        # which a one-token decode step feels, and adds nothing here (no gradient, a fresh output). An int seed
-        # goes through as it is, sparing a seed tensor. torch.compile still sees the op.
+    if _dispatch.eager_kernel_call(name):
+        # Straight to the launcher (no gradient, a fresh output); an int seed goes through as it is, sparing a
+        # seed tensor and its launch.
         seeds = _seeds(logits, generator, seed, int_ok=True)
         return _kernel_module(name).sample(logits, tt, t, kt, k, pt, p, mt, m, seeds)
     seeds = _seeds(logits, generator, seed)

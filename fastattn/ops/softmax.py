@@ -133,4 +133,6 @@ def softmax(x: Tensor, temperature=1.0, dim: int = -1, *, backend: str = "auto")
             raise ValueError(f"temperature must be a positive finite float, got {temperature}")
         temperature = None
     name = resolve(backend, x.device, "softmax", _dispatch.support_check("softmax", "softmax_fwd", x.dtype))
+    if _dispatch.eager_kernel_call(name) and not (x.requires_grad and torch.is_grad_enabled()):
+        return _run_rows(_kernel_module(name).softmax_fwd, x, None, temperature, temp, dim).contiguous()
     return softmax_fwd(x, temperature, temp, dim, name)
