@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import os
 from typing import Callable, Iterator, Optional
 
@@ -22,6 +21,29 @@ class BackendUnavailable(RuntimeError):
 
 
 _default_backend: contextvars.ContextVar[str] = contextvars.ContextVar("fastattn_backend", default="auto")
+
+# The probes below run real code (imports, driver queries) and their answers do not change while the process
+# lives: torch.compile runs them once while tracing and takes the result as a constant, instead of tracing
+# into them (dynamo on torch 2.11 cannot trace ContextVar.get or imports).
+_constant = torch.compiler.assume_constant_result
+_probed: dict = {}  # probe results, by probe and argument (a plain dict: dynamo traces into lru_cache wrappers)
+
+
+def _probe_once(key, probe):
+    if key not in _probed:
+        _probed[key] = probe()
+    return _probed[key]
+
+
+@_constant
+def _default_name() -> str:
+    """The default set by use_backend; inside torch.compile, the one in force when the call was compiled."""
+    return _default_backend.get()
+
+
+@_constant
+def _has_gpu() -> bool:
+    return torch.cuda.is_available()
 
 
 def check_backend_name(backend: str) -> str:
@@ -40,13 +62,18 @@ def use_backend(backend: str) -> Iterator[None]:
         _default_backend.reset(token)
 
 
+@_constant
 def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@_constant
 def triton_status() -> "bool | str":
     """True when Triton kernels can run on CUDA tensors, or (interpreted) on CPU tensors; else the reason."""
+    return _probe_once("triton", _triton_status)
+
+
+def _triton_status() -> "bool | str":
     try:
         import triton  # noqa: F401
     except Exception as e:  # ImportError, or a broken install
@@ -58,6 +85,7 @@ def triton_status() -> "bool | str":
     return True
 
 
+@_constant
 def cuda_status() -> "bool | str":
     """True when the compiled extension fastattn._C is loaded and a GPU is present; else the reason."""
     from . import _cuda
@@ -65,7 +93,7 @@ def cuda_status() -> "bool | str":
     st = _cuda.status()
     if st is not True:
         return st
-    if not torch.cuda.is_available():
+    if not _has_gpu():
         return "the CUDA extension is built but there is no CUDA GPU"
     return True
 
@@ -88,7 +116,7 @@ def resolve(backend: str, device: torch.device, op: str, unsupported: SupportChe
     """
     backend = check_backend_name(backend)
     if backend == "auto":
-        backend = _default_backend.get()
+        backend = _default_name()
     if backend == "torch":
         return "torch"
     if backend == "auto":
@@ -113,7 +141,7 @@ def _machine_status(name: str, device: torch.device) -> "bool | str":
         if st is not True:
             return st
         if device.type == "cuda":
-            return True if torch.cuda.is_available() else "no CUDA GPU"
+            return True if _has_gpu() else "no CUDA GPU"
         if device.type == "cpu" and triton_interpreted():
             return True
         return (f"Triton kernels need CUDA tensors (got {device.type}); on the CPU they run only under "
@@ -124,14 +152,16 @@ def _machine_status(name: str, device: torch.device) -> "bool | str":
             return st
         if device.type != "cuda":
             return f"the CUDA extension needs CUDA tensors (got {device.type})"
-        return _cuda_arch_status(device.index if device.index is not None else torch.cuda.current_device())
+        return _cuda_arch_status(device.index)
     raise AssertionError(name)
 
 
-@functools.lru_cache(maxsize=None)
-def _cuda_arch_status(index: int) -> "bool | str":
+@_constant
+def _cuda_arch_status(index: "int | None") -> "bool | str":
     """The extension carries machine code for sm_80 and sm_90a only (setup.py): other cards can't run it."""
-    major, minor = torch.cuda.get_device_capability(index)
-    if major in (8, 9):
-        return True
-    return f"the CUDA extension is built for compute capability 8.x and 9.0, this GPU is {major}.{minor}"
+    def probe():
+        major, minor = torch.cuda.get_device_capability(index)  # index None: the current device
+        if major in (8, 9):
+            return True
+        return f"the CUDA extension is built for compute capability 8.x and 9.0, this GPU is {major}.{minor}"
+    return _probe_once(("cuda_arch", index), probe)

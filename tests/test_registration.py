@@ -95,3 +95,21 @@ def test_compile_training_step():
     want = torch.autograd.grad(loss(q, k, v, bias), (q, k, v, bias))
     for g, w in zip(grads, want):
         torch.testing.assert_close(g, w)
+
+
+def test_backend_resolution_traces_under_compile():
+    """resolve() runs inside compiled code: its probes must be constants to dynamo, never graph breaks, also
+    for a CUDA device on a machine without one (the answer is then a reason string)."""
+    torch._dynamo.reset()
+    from fastattn._backend import resolve
+
+    def pick(x):
+        on_gpu = resolve("auto", torch.device("cuda"), "softmax", lambda b: None)
+        with_default = resolve("auto", x.device, "softmax", lambda b: None)
+        return x + (1.0 if on_gpu == with_default else 2.0)
+
+    x = torch.ones(3)
+    assert torch.equal(torch.compile(pick, fullgraph=True, backend="eager")(x), pick(x))
+    with fastattn.use_backend("torch"):
+        torch._dynamo.reset()
+        assert torch.equal(torch.compile(pick, fullgraph=True, backend="eager")(x), pick(x))

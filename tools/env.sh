@@ -33,6 +33,7 @@ else
   PY=$ROOT/.venv/bin/python
   if ! [ -f .venv/.deps-ok ]; then
     echo "== installing dependencies into .venv (torch 2.14.1, triton 3.6.0, test tools)"
+    "$PY" -m pip install -q "setuptools>=70.1" wheel  # an older setuptools cannot build the editable wheel
     "$PY" -m pip install -q torch==2.14.1
     "$PY" -m pip install -q --no-deps triton==3.6.0
     "$PY" -m pip install -q "numpy<2.4" pytest pytest-timeout pytest-benchmark expecttest hypothesis \
