@@ -188,6 +188,15 @@ def test_bias_broadcast_and_dbias(bias_shape, causal):
     _run_case(b, hq, hkv, sq, sk, d, torch.float32, causal=causal, bias_shape=shape, seed=11)
 
 
+@pytest.mark.parametrize("sq,sk,causal", [(50, 70, True), (70, 50, True), (50, 70, False)],
+                         ids=["causal-sq50<sk70", "causal-sq70>sk50", "full-sq50-sk70"])
+def test_backward_many_blocks(sq, sk, causal):
+    """Several key blocks and query blocks per program under the interpreter's blocks (dk/dv 16 x 32): the dk/dv
+    kernel's unmasked loop, its masked diagonal and tail blocks, across the GQA group in one flat loop, and the
+    per-head bias-gradient rows (bias constant along Sq) written from both loops."""
+    _run_case(1, 4, 2, sq, sk, 16, torch.float32, causal=causal, bias_shape=(1, 4, 1, sk), seed=sq + sk)
+
+
 def test_key_padding_mask_with_fully_padded_row():
     b, hq, hkv, sq, sk, d = 3, 2, 1, 9, 21, 16
     kpm = torch.rand(b, sk, generator=torch.Generator().manual_seed(0)) > 0.4
@@ -307,16 +316,168 @@ def test_unsupported_reasons():
         fastattn.attention(q.double(), k.double(), v.double(), backend="triton")
 
 
-def test_autotune_prune_fits_big_head_dims():
-    """The GPU-only config pruning, without a launch: at D=256 only small tiles remain, and never none."""
-    for backward, configs in ((False, tri._FWD_CONFIGS), (True, tri._BWD_CONFIGS)):
-        for dtype in (torch.bfloat16, torch.float32):
-            for d in (16, 64, 128, 256):
-                kept = tri._prune(configs, {"Q": torch.empty(1, dtype=dtype)}, backward=backward, HEAD_DIM_PAD=d)
-                assert kept and set(kept) <= set(configs)
-                if d == 256:
-                    assert all(c.kwargs["BLOCK_M"] <= 128 and c.kwargs["BLOCK_N"] <= 64 and c.num_stages <= 2
-                               for c in kept)
+def test_block_shapes_few_fitting_and_a_fixed_pick():
+    """The GPU-only config tables, without a launch: at most four configs per pass and head-dim class; pruning
+    keeps the fitting ones in order (a pinned config outside every list stays); FASTATTN_TRITON_AUTOTUNE=0 picks
+    the first, for every head dim, dtype and causal; a full bias tile narrows the widest picks (they spilled)."""
+    for pass_ in ("fwd", "dq", "dkdv"):
+        configs = tri._all_configs(pass_)
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            f32 = dtype == torch.float32
+            for d in (16, 32, 64, 128, 256):
+                assert 1 <= len(tri._shape_list(pass_, d, f32)) <= 4
+                for bias_kind, bias_dtype in ((0, None), (2, dtype), (1, dtype), (1, torch.float32)):
+                    bias_esize = bias_dtype.itemsize if bias_kind == 1 else 0
+                    shapes = tri._shapes_for(pass_, d, f32, dtype.itemsize, bias_esize)
+                    assert shapes and set(shapes) <= set(tri._shape_list(pass_, d, f32))
+                    named = {"Q": torch.empty(1, dtype=dtype), "Bias": torch.empty(1, dtype=bias_dtype or dtype)}
+                    kept = tri._prune(configs, named, pass_=pass_, HEAD_DIM_PAD=d, COMPUTE_F32=f32,
+                                      BIAS_KIND=bias_kind)
+                    assert [tri._config_shape(c) for c in kept] == shapes
+                    for causal in (False, True):
+                        pick = tri.fixed_shape(pass_, d, dtype, causal, bias_esize)
+                        assert pick == shapes[0]
+                        # within an H100's 227 KB a block even when nothing fits the budget (D=256 with a bias)
+                        assert tri._smem_bytes(pass_, pick, d, dtype.itemsize, bias_esize) <= 227 * 1024
+        pinned = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2)]
+        assert tri._prune(pinned, {}, pass_=pass_, HEAD_DIM_PAD=64, COMPUTE_F32=False) == pinned
+    bf16 = torch.bfloat16
+    assert tri.fixed_shape("fwd", 128, bf16, False) == (128, 128, 8, 2)
+    assert tri.fixed_shape("fwd", 128, bf16, False, bias_esize=2)[:2] == (128, 64)
+    assert tri.fixed_shape("dkdv", 128, bf16, True, bias_esize=2)[:2] == (32, 128)
+    assert tri.fixed_shape("dkdv", 64, bf16, True, bias_esize=2)[:2] == (64, 128)
+
+
+@pytest.mark.parametrize("flag,want", [(None, True), ("1", True), ("0", False)])
+def test_autotune_switch(monkeypatch, flag, want):
+    if flag is None:
+        monkeypatch.delenv("FASTATTN_TRITON_AUTOTUNE", raising=False)
+    else:
+        monkeypatch.setenv("FASTATTN_TRITON_AUTOTUNE", flag)
+    assert tri.autotune_enabled() is want
+
+
+@pytest.mark.gpu
+def test_gpu_fixed_shapes_without_autotuning(monkeypatch):
+    """FASTATTN_TRITON_AUTOTUNE=0: the fixed picks launch the raw kernels (no autotuner) and stay correct."""
+    monkeypatch.setenv("FASTATTN_TRITON_AUTOTUNE", "0")
+    for d in (64, 128):
+        for causal in (False, True):
+            _run_case(2, 4, 2, 1000, 1000, d, torch.bfloat16, causal=causal, seed=71 + d)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hopper forward: TMA tensor descriptors, opt-in (FASTATTN_TRITON_HOPPER=1); interpreted here, compiled on 9.x
+# ----------------------------------------------------------------------------------------------------------
+
+def _is_hopper():
+    return HAS_GPU and torch.cuda.get_device_capability()[0] == 9
+
+
+def _tma_shape(d, warp_spec):
+    """Interpreted: 16 x 16 blocks. Compiled: the first listed config with this warp specialisation."""
+    if not HAS_GPU:
+        return (16, 16, 4, 1, warp_spec)
+    return next(s for s in tri._hopper_shapes(d) if s[4] == warp_spec)
+
+
+def _check_tma_forward(b, hq, hkv, sq, sk, d, dtype, causal, shape, bshd=False, seed=0):
+    q, k, v = _inputs(b, hq, hkv, sq, sk, d, dtype, seed=seed, bshd=bshd)
+    assert tri.tma_forward_supports(q, k, v, None, None)
+    out = torch.empty((b, hq, sq, d), dtype=dtype, device=DEV)
+    lse = torch.empty((b, hq, sq), dtype=torch.float32, device=DEV)
+    scale = 1.0 / math.sqrt(d)
+    tri._attention_fwd_tma(q, k, v, causal, scale, out, lse, shape)
+    ref_out, ref_lse, _ = _ref_with_grads(q, k, v, None, causal=causal, scale=scale)
+    lowp = _lowp_attention(q, k, v, causal=causal, scale=scale) if HAS_GPU else None
+    _check("out", out, ref_out, lowp, dtype)
+    _assert_lse(lse, ref_lse, 2e-3)
+    if causal and sq > sk:
+        assert (out[:, :, : sq - sk] == 0).all()
+
+
+TMA_CASES = {
+    "gqa4:2-causal-sq37<sk45-d16": (2, 4, 2, 37, 45, 16, True),
+    "mqa2:1-causal-sq45>sk20-d32": (1, 2, 1, 45, 20, 32, True),
+    "mha-sq19-sk33-d64": (1, 2, 2, 19, 33, 64, False),
+}
+
+
+@pytest.mark.parametrize("warp_spec", [False, True], ids=["split-loops", "one-warp-specialised-loop"])
+@pytest.mark.parametrize("dtype", LOWP, ids=DT_IDS.get)
+@pytest.mark.parametrize("case", list(TMA_CASES), ids=str)
+def test_tma_forward(case, dtype, warp_spec):
+    """The TMA kernel itself (both loop structures), against float64: under the interpreter it emulates the
+    descriptors (zero rows past each sequence, the output store dropping rows past Sq)."""
+    if HAS_GPU and not _is_hopper():
+        pytest.skip("the TMA forward is for compute capability 9.x")
+    b, hq, hkv, sq, sk, d, causal = TMA_CASES[case]
+    _check_tma_forward(b, hq, hkv, sq, sk, d, dtype, causal, _tma_shape(d, warp_spec), seed=sq + d)
+
+
+def test_tma_forward_strided_bshd():
+    """(B, S, H, D) memory viewed as (B, H, S, D): 4-D descriptors with the strides as they are."""
+    if HAS_GPU and not _is_hopper():
+        pytest.skip("the TMA forward is for compute capability 9.x")
+    _check_tma_forward(2, 4, 2, 21, 30, 32, torch.float16, True, _tma_shape(32, False), bshd=True, seed=81)
+
+
+def test_tma_forward_eligibility_and_opt_in(monkeypatch):
+    """What the TMA path takes (16-bit, no bias or mask, D a power of two, 16-byte aligned strides), and that it
+    runs only with FASTATTN_TRITON_HOPPER=1 on a 9.x GPU: never on the CPU, never by default."""
+    q, k, v = _inputs(1, 2, 1, 8, 8, 64, torch.bfloat16)
+    assert tri.tma_forward_supports(q, k, v, None, None)
+    assert not tri.tma_forward_supports(q, k, v, torch.zeros(1, 1, 8, 8, device=DEV), None)
+    assert not tri.tma_forward_supports(q, k, v, None, torch.ones(1, 8, dtype=torch.bool, device=DEV))
+    assert not tri.tma_forward_supports(q.float(), k.float(), v.float(), None, None)
+    q40, k40, v40 = _inputs(1, 2, 1, 8, 8, 40, torch.bfloat16)
+    assert not tri.tma_forward_supports(q40, k40, v40, None, None)            # D not a power of two
+    qs = randn(1, 2, 8, 65, dtype=torch.bfloat16, device=DEV)[..., :64]       # row stride 130 bytes
+    assert not tri.tma_forward_supports(qs, k, v, None, None)
+    monkeypatch.delenv("FASTATTN_TRITON_HOPPER", raising=False)
+    assert not tri.hopper_enabled() and not tri._use_hopper_forward(q, k, v, None, None)
+    monkeypatch.setenv("FASTATTN_TRITON_HOPPER", "1")
+    assert tri.hopper_enabled()
+    assert tri._use_hopper_forward(q, k, v, None, None) is _is_hopper()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_gpu_hopper_forward_both_paths(monkeypatch, d, causal):
+    """On a 9.x GPU: forward + backward through the public API with the portable forward and with the TMA forward
+    (fixed configs, no tuning), both held to FlashAttention's rule against float64; also a (B, S, H, D) view."""
+    if not _is_hopper():
+        pytest.skip("the TMA forward is for compute capability 9.x")
+    monkeypatch.setenv("FASTATTN_TRITON_AUTOTUNE", "0")
+    q, k, v = _inputs(1, 2, 1, 8, 8, d, torch.bfloat16)
+    for flag in ("0", "1"):
+        monkeypatch.setenv("FASTATTN_TRITON_HOPPER", flag)
+        assert tri._use_hopper_forward(q, k, v, None, None) is (flag == "1")
+        _run_case(2, 4, 2, 1000, 1000, d, torch.bfloat16, causal=causal, seed=91 + d)
+        _run_case(2, 4, 2, 257, 300, d, torch.bfloat16, causal=causal, bshd=True, seed=93 + d)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_gpu_hopper_every_config(d):
+    """Every listed TMA config (warp-specialised ones included) compiles, launches and is right, causal and not."""
+    if not _is_hopper():
+        pytest.skip("the TMA forward is for compute capability 9.x")
+    for shape in tri._hopper_shapes(d):
+        for causal in (False, True):
+            _check_tma_forward(2, 4, 2, 1000, 1000, d, torch.bfloat16, causal, shape, seed=d)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_hopper_autotuned(monkeypatch):
+    if not _is_hopper():
+        pytest.skip("the TMA forward is for compute capability 9.x")
+    monkeypatch.setenv("FASTATTN_TRITON_HOPPER", "1")
+    monkeypatch.setenv("FASTATTN_TRITON_AUTOTUNE", "1")
+    _run_case(2, 4, 2, 1000, 1000, 128, torch.bfloat16, causal=True, seed=95)
 
 
 # ----------------------------------------------------------------------------------------------------------
