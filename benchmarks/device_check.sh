@@ -17,6 +17,9 @@
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 export MAX_JOBS=${MAX_JOBS:-16}
+# A cold machine compiles every autotuning config on first use (~30 s each for attention): one fixed config
+# per case keeps the tests and the quick benchmark inside their stages. Set it to 1 for tuned figures.
+export FASTATTN_TRITON_AUTOTUNE=${FASTATTN_TRITON_AUTOTUNE:-0}
 OUT=${OUT:-/tmp/fastattn-device-check}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -43,6 +46,7 @@ export FASTATTN_GIT_SHA
   echo "- gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo none)"
   echo "- $(python3 -c 'import sys, torch, triton; print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}")' 2>&1 | tail -1)"
   echo "- nvcc: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo 'not found')"
+  echo "- FASTATTN_TRITON_AUTOTUNE=$FASTATTN_TRITON_AUTOTUNE FASTATTN_TRITON_HOPPER=${FASTATTN_TRITON_HOPPER:-0}"
 } > "$OUT/summary.md"
 
 # 1. Build the package and the CUDA extension.
