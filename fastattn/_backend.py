@@ -25,7 +25,15 @@ _default_backend: contextvars.ContextVar[str] = contextvars.ContextVar("fastattn
 # The probes below run real code (imports, driver queries) and their answers do not change while the process
 # lives: torch.compile runs them once while tracing and takes the result as a constant, instead of tracing
 # into them (dynamo on torch 2.11 cannot trace ContextVar.get or imports).
-_constant = torch.compiler.assume_constant_result
+def _constant(fn):
+    """torch.compiler.assume_constant_result without its import of torch._dynamo, which imports triton: fastattn's
+    import must not, or TRITON_INTERPRET=1 set afterwards would come too late (Triton's own helpers, tl.max
+    and friends, are decorated when triton is imported). The mark is the attribute that function sets;
+    tests/test_registration.py checks that it still is."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 _probed: dict = {}  # probe results, by probe and argument (a plain dict: dynamo traces into lru_cache wrappers)
 
 

@@ -113,3 +113,24 @@ def test_backend_resolution_traces_under_compile():
     with fastattn.use_backend("torch"):
         torch._dynamo.reset()
         assert torch.equal(torch.compile(pick, fullgraph=True, backend="eager")(x), pick(x))
+
+
+def test_constant_mark_is_the_one_torch_sets():
+    """fastattn._backend marks its probes the way torch.compiler.assume_constant_result does, without
+    importing torch._dynamo at fastattn's import; if torch renames the mark, this fails before compile breaks."""
+    def probe():
+        return 1
+
+    marked = torch.compiler.assume_constant_result(probe)
+    assert getattr(marked, "_dynamo_marked_constant", False) is True
+
+
+def test_import_loads_neither_triton_nor_dynamo():
+    """TRITON_INTERPRET=1 set after `import fastattn` must still work, so that import must not load triton."""
+    import subprocess
+    import sys
+
+    code = "import sys, fastattn; print('triton' in sys.modules, 'torch._dynamo' in sys.modules)"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
