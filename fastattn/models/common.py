@@ -142,12 +142,20 @@ def hf_activation(name: str) -> str:
     return HF_ACTIVATIONS[name]
 
 
-def set_attn_backend(model: nn.Module, name: str) -> None:
-    """Point every attention layer of ``model`` at backend ``name``."""
-    check_attn_backend(name)
-    for m in model.modules():
-        if isinstance(m, UsesAttend):
-            m.backend = name
+class SwitchesAttnBackend(nn.Module):
+    """A model's one switch: ``model.attn_backend = name`` points every attention layer below it at ``name``."""
+
+    @property
+    def attn_backend(self) -> str:
+        return self._attn_backend
+
+    @attn_backend.setter
+    def attn_backend(self, name: str) -> None:
+        check_attn_backend(name)
+        for m in self.modules():
+            if isinstance(m, UsesAttend):
+                m.backend = name
+        self._attn_backend = name
 
 
 def copy_(dst: Tensor, src: Tensor, what: str) -> None:

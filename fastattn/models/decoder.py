@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .common import (EosStop, UsesAttend, activation, attend, attend_decode, check_attn_backend, copy_, draw,
-                     hf_activation, row_seeds, set_attn_backend)
+from .common import (EosStop, SwitchesAttnBackend, UsesAttend, activation, attend, attend_decode,
+                     check_attn_backend, copy_, draw, hf_activation, row_seeds)
 
 
 @dataclass
@@ -156,7 +156,7 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
-class Decoder(nn.Module):
+class Decoder(SwitchesAttnBackend):
     def __init__(self, config: DecoderConfig, attn_backend: str = "auto"):
         super().__init__()
         self.config = config
@@ -182,15 +182,6 @@ class Decoder(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
-
-    @property
-    def attn_backend(self) -> str:
-        return self._attn_backend
-
-    @attn_backend.setter
-    def attn_backend(self, name: str) -> None:
-        set_attn_backend(self, name)
-        self._attn_backend = name
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.wte.weight

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .common import Attention, activation, check_attn_backend, copy_, hf_activation, set_attn_backend
+from .common import Attention, SwitchesAttnBackend, activation, check_attn_backend, copy_, hf_activation
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Layer(nn.Module):
         return self.ln_ff(x + self.drop(self.proj(self.act(self.fc(x)))))
 
 
-class Encoder(nn.Module):
+class Encoder(SwitchesAttnBackend):
     def __init__(self, config: EncoderConfig, attn_backend: str = "auto"):
         super().__init__()
         c = self.config = config
@@ -73,15 +73,6 @@ class Encoder(nn.Module):
                 nn.init.normal_(m.weight, mean=0.0, std=0.02)
             if isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
-
-    @property
-    def attn_backend(self) -> str:
-        return self._attn_backend
-
-    @attn_backend.setter
-    def attn_backend(self, name: str) -> None:
-        set_attn_backend(self, name)
-        self._attn_backend = name
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
                 token_type_ids: Optional[Tensor] = None) -> Tensor:

@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .common import (Attention, EosStop, RMSNorm, activation, check_attn_backend, copy_, draw, hf_activation,
-                     row_seeds, set_attn_backend)
+from .common import (Attention, EosStop, RMSNorm, SwitchesAttnBackend, activation, check_attn_backend, copy_,
+                     draw, hf_activation, row_seeds)
 
 
 @dataclass
@@ -159,7 +159,7 @@ class Seq2SeqCache:
         self.length = 0
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(SwitchesAttnBackend):
     def __init__(self, config: EncoderDecoderConfig, attn_backend: str = "auto"):
         super().__init__()
         c = self.config = config
@@ -178,15 +178,6 @@ class EncoderDecoder(nn.Module):
                 nn.init.normal_(m.weight, mean=0.0, std=c.d_model ** -0.5)
         if c.tie_embeddings:
             self.lm_head.weight = self.shared.weight
-
-    @property
-    def attn_backend(self) -> str:
-        return self._attn_backend
-
-    @attn_backend.setter
-    def attn_backend(self, name: str) -> None:
-        set_attn_backend(self, name)
-        self._attn_backend = name
 
     def encode(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         """Encoder output (B, S, C); attention_mask (B, S): 1/True = real token."""
