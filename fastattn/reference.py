@@ -41,7 +41,8 @@ def attention_mask(sq: int, sk: int, causal: bool, key_padding_mask: Optional[Te
         j = torch.arange(sk, device=device).view(1, sk)
         mask = (j <= i + (sk - sq)).view(1, 1, sq, sk)
     if key_padding_mask is not None:
-        kpm = key_padding_mask.to(device=device, dtype=torch.bool).view(-1, 1, 1, sk)
+        # why shape[0] and not -1: with Sk = 0 the view has no elements and -1 would be ambiguous
+        kpm = key_padding_mask.to(device=device, dtype=torch.bool).view(key_padding_mask.shape[0], 1, 1, sk)
         mask = kpm if mask is None else mask & kpm
     return mask
 

@@ -249,6 +249,20 @@ def test_empty():
             assert t.grad.shape == t.shape and (t.grad == 0).all()
 
 
+def test_no_keys_with_key_padding_mask_matches_torch_backend():
+    """Sk = 0 with a (B, 0) key_padding_mask, and decode with Smax = 0: the Triton kernels and the torch backend
+    (the CPU default, and the oracle) both give zeros and lse -inf. The reference used to crash here, viewing the
+    empty mask as (-1, 1, 1, 0)."""
+    q, k, v = _inputs(2, 2, 1, 3, 0, 16, torch.float32)
+    kpm = torch.ones(2, 0, dtype=torch.bool, device=DEV)
+    for backend in ("triton", "torch"):
+        out, lse = fastattn.attention(q, k, v, key_padding_mask=kpm, return_lse=True, backend=backend)
+        assert out.shape == (2, 2, 3, 16) and (out == 0).all() and torch.isneginf(lse).all()
+        dec = fastattn.decode_attention(q[:, :, 0], k, v, torch.zeros(2, dtype=torch.int32, device=DEV),
+                                        backend=backend)
+        assert dec.shape == (2, 2, 16) and (dec == 0).all()
+
+
 def test_nan_in_nan_out_and_masked_nan_does_not_leak():
     q, k, v = _inputs(1, 2, 1, 9, 20, 16, torch.float32, seed=29)
     q[0, 0, 2] = float("nan")    # one query row: that row only becomes NaN
