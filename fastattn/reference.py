@@ -227,7 +227,7 @@ def top_k_top_p_filter(logits: Tensor, *, top_k=0, top_p=1.0, min_p=0.0, tempera
     probs = softmax(z, 1.0, dim=1).to(torch.float64)
     sorted_p = torch.sort(probs, dim=1, descending=True).values
     excl = torch.nn.functional.pad(torch.cumsum(sorted_p, dim=1), (1, 0))[:, :-1]  # mass before position
-    n_greater = torch.searchsorted(-sorted_p, -probs, right=False)  # how many are strictly larger
+    n_greater = torch.searchsorted((-sorted_p).contiguous(), (-probs).contiguous())  # how many are strictly larger
     # n_greater < V since p_j is not above itself; the clamp only guards NaN rows, which end up all NaN anyway.
     mass_greater = excl.gather(1, n_greater.clamp(max=v - 1))
     keep_p = (mass_greater < p_top.to(torch.float64).unsqueeze(1)) | (p_top.unsqueeze(1) >= 1)
