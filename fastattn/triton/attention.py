@@ -129,6 +129,49 @@ def _load_cols(ptrs, cols_ok, d_ok, CHECK_COLS: tl.constexpr, EVEN_D: tl.constex
 # ----------------------------------------------------------------------------------------------------------
 
 @triton.jit
+def _bias_ptrs(bias_base, offs_m, offs_n, stride_bm, stride_bn, BIAS_KIND: tl.constexpr):
+    """Pointers to the first key block's bias for _masked_scores; bias_base itself when there is no bias."""
+    if BIAS_KIND == 1:
+        return bias_base + offs_m.to(tl.int64)[:, None] * stride_bm + offs_n.to(tl.int64)[None, :] * stride_bn
+    elif BIAS_KIND == 2:
+        return bias_base + offs_n.to(tl.int64) * stride_bn                      # (BLOCK_N,) one row for all
+    else:
+        return bias_base
+
+
+@triton.jit
+def _masked_scores(q, kT, b_ptrs, kpm_base, cols, col_ok, offs_m, row_ok, Sq, Sk, qk_scale,
+                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, BIAS_KIND: tl.constexpr, HAS_KPM: tl.constexpr,
+                   DOT_PRECISION: tl.constexpr):
+    """The scaled (log2 units), biased and masked scores (BLOCK_M, BLOCK_N) fp32 of one query block against one
+    key block, as the forward and the dQ pass both need them. b_ptrs points at this key block's bias: a
+    (BLOCK_M, BLOCK_N) tile for BIAS_KIND 1, one (BLOCK_N,) row for all queries for BIAS_KIND 2, unused for 0."""
+    s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale
+    if BIAS_KIND == 1:
+        # why row_ok: the last query block runs past Sq, and the bias has no rows there
+        if MASKED:
+            bmask = row_ok[:, None] & col_ok[None, :]
+        else:
+            bmask = row_ok[:, None]
+        s += tl.load(b_ptrs, mask=bmask, other=0.0).to(tl.float32) * _LOG2E
+    if BIAS_KIND == 2:
+        s += tl.load(b_ptrs, mask=col_ok, other=0.0).to(tl.float32)[None, :] * _LOG2E
+    if MASKED:
+        # why: the last key block runs past Sk; those lanes must weigh 0 (in the backward, exp2 of a finite
+        # s - lse there could even overflow)
+        keep = col_ok[None, :]
+        if CAUSAL:
+            # why: bottom-right causal, query i sees key j only if j <= i + Sk - Sq
+            keep = keep & (cols[None, :] <= offs_m[:, None] + (Sk - Sq))
+        s = tl.where(keep, s, float("-inf"))
+    if HAS_KPM:
+        # why: padding keys (False in key_padding_mask) take no part in any row's softmax, nor its gradient
+        real = tl.load(kpm_base + cols, mask=col_ok, other=0) != 0            # (BLOCK_N,)
+        s = tl.where(real[None, :], s, float("-inf"))
+    return s
+
+
+@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, bias_base, kpm_base,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_bm, stride_bn,
                     offs_m, offs_d, row_ok, d_ok, lo, hi, Sq, Sk, qk_scale,
@@ -141,36 +184,15 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, bias_base, kpm_base,
     offs_n = lo + tl.arange(0, BLOCK_N)                                          # (BLOCK_N,)
     kT_ptrs = k_base + offs_n.to(tl.int64)[None, :] * stride_kn + offs_d[:, None] * stride_kd  # (D_PAD, BLOCK_N)
     v_ptrs = v_base + offs_n.to(tl.int64)[:, None] * stride_vn + offs_d[None, :] * stride_vd   # (BLOCK_N, D_PAD)
-    if BIAS_KIND == 1:
-        b_ptrs = bias_base + offs_m.to(tl.int64)[:, None] * stride_bm + offs_n.to(tl.int64)[None, :] * stride_bn
-    if BIAS_KIND == 2:
-        b_ptrs = bias_base + offs_n.to(tl.int64) * stride_bn                    # (BLOCK_N,) one row for all
+    b_ptrs = _bias_ptrs(bias_base, offs_m, offs_n, stride_bm, stride_bn, BIAS_KIND)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)                                   # (BLOCK_N,)
         col_ok = cols < Sk
         kT = _load_cols(kT_ptrs, col_ok, d_ok, MASKED, EVEN_D, COMPUTE_F32)      # (D_PAD, BLOCK_N)
-        s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale             # (BLOCK_M, BLOCK_N) fp32, log2
-        if BIAS_KIND == 1:
-            # why row_ok: the last query block runs past Sq, and the bias has no rows there
-            if MASKED:
-                bmask = row_ok[:, None] & col_ok[None, :]
-            else:
-                bmask = row_ok[:, None]
-            s += tl.load(b_ptrs, mask=bmask, other=0.0).to(tl.float32) * _LOG2E
+        s = _masked_scores(q, kT, b_ptrs, kpm_base, cols, col_ok, offs_m, row_ok, Sq, Sk, qk_scale,
+                           MASKED, CAUSAL, BIAS_KIND, HAS_KPM, DOT_PRECISION)   # (BLOCK_M, BLOCK_N) fp32, log2
+        if BIAS_KIND != 0:
             b_ptrs += BLOCK_N * stride_bn
-        if BIAS_KIND == 2:
-            s += tl.load(b_ptrs, mask=col_ok, other=0.0).to(tl.float32)[None, :] * _LOG2E
-            b_ptrs += BLOCK_N * stride_bn
-        if MASKED:
-            keep = col_ok[None, :]  # why: the last key block runs past Sk; those lanes must weigh 0
-            if CAUSAL:
-                # why: bottom-right causal, query i sees key j only if j <= i + Sk - Sq
-                keep = keep & (cols[None, :] <= offs_m[:, None] + (Sk - Sq))
-            s = tl.where(keep, s, float("-inf"))
-        if HAS_KPM:
-            # why: padding keys (False in key_padding_mask) take no part in any row's softmax
-            real = tl.load(kpm_base + cols, mask=col_ok, other=0) != 0            # (BLOCK_N,)
-            s = tl.where(real[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))                                    # (BLOCK_M,)
         # why: a row whose scores are all -inf so far would compute -inf - (-inf) = NaN; shift it by 0 instead,
         # so its p and alpha are exactly 0 (NaN scores still propagate through p)
@@ -551,37 +573,16 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, bias_base, kpm_ba
     offs_n = lo + tl.arange(0, BLOCK_N)
     kT_ptrs = k_base + offs_n.to(tl.int64)[None, :] * stride_kn + offs_d[:, None] * stride_kd  # (D_PAD, BLOCK_N)
     vT_ptrs = v_base + offs_n.to(tl.int64)[None, :] * stride_vn + offs_d[:, None] * stride_vd  # (D_PAD, BLOCK_N)
-    if BIAS_KIND == 1:
-        b_ptrs = bias_base + offs_m.to(tl.int64)[:, None] * stride_bm + offs_n.to(tl.int64)[None, :] * stride_bn
-    if BIAS_KIND == 2:
-        b_ptrs = bias_base + offs_n.to(tl.int64) * stride_bn
+    b_ptrs = _bias_ptrs(bias_base, offs_m, offs_n, stride_bm, stride_bn, BIAS_KIND)
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)                                   # (BLOCK_N,)
         col_ok = cols < Sk
         kT = _load_cols(kT_ptrs, col_ok, d_ok, MASKED, EVEN_D, COMPUTE_F32)      # (D_PAD, BLOCK_N)
         vT = _load_cols(vT_ptrs, col_ok, d_ok, MASKED, EVEN_D, COMPUTE_F32)      # (D_PAD, BLOCK_N)
-        s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale             # (BLOCK_M, BLOCK_N) log2
-        if BIAS_KIND == 1:
-            # why row_ok: the last query block runs past Sq, and the bias has no rows there
-            if MASKED:
-                bmask = row_ok[:, None] & col_ok[None, :]
-            else:
-                bmask = row_ok[:, None]
-            s += tl.load(b_ptrs, mask=bmask, other=0.0).to(tl.float32) * _LOG2E
+        s = _masked_scores(q, kT, b_ptrs, kpm_base, cols, col_ok, offs_m, row_ok, Sq, Sk, qk_scale,
+                           MASKED, CAUSAL, BIAS_KIND, HAS_KPM, DOT_PRECISION)   # (BLOCK_M, BLOCK_N) log2
+        if BIAS_KIND != 0:
             b_ptrs += BLOCK_N * stride_bn
-        if BIAS_KIND == 2:
-            s += tl.load(b_ptrs, mask=col_ok, other=0.0).to(tl.float32)[None, :] * _LOG2E
-            b_ptrs += BLOCK_N * stride_bn
-        if MASKED:
-            keep = col_ok[None, :]  # why: keys past Sk must get p = 0 (exp2 of a finite s - lse could even overflow)
-            if CAUSAL:
-                # why: bottom-right causal, query i sees key j only if j <= i + Sk - Sq
-                keep = keep & (cols[None, :] <= offs_m[:, None] + (Sk - Sq))
-            s = tl.where(keep, s, float("-inf"))
-        if HAS_KPM:
-            # why: padding keys got probability 0 in the forward
-            real = tl.load(kpm_base + cols, mask=col_ok, other=0) != 0
-            s = tl.where(real[None, :], s, float("-inf"))
         p = tl.math.exp2(s - lse2[:, None])                                      # (BLOCK_M, BLOCK_N) fp32
         dp = tl.dot(do, vT, input_precision=DOT_PRECISION)                       # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])
