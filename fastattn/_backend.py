@@ -88,7 +88,7 @@ def _triton_status() -> "bool | str":
         return f"triton is not importable ({e.__class__.__name__}: {e})"
     if triton_interpreted():
         return True
-    if not torch.cuda.is_available():
+    if not _has_gpu():
         return "no CUDA GPU (set TRITON_INTERPRET=1 before importing triton to run Triton kernels on the CPU)"
     return True
 

@@ -51,8 +51,11 @@ def softmax_fwd(x: Tensor, temperature: Optional[Tensor], temp: float, dim: int,
     """softmax(x / t) along dim, t = temperature (broadcastable, dim of size 1) if given, else the float temp."""
     if backend == "torch":
         return reference.softmax(x, temp if temperature is None else temperature, dim)
-    y = _run_rows(_kernel_module(backend).softmax_fwd, x, None, temperature, temp, dim)
-    return y.contiguous()
+    return _kernel_forward(x, temperature, temp, dim, backend)
+
+
+def _kernel_forward(x: Tensor, temperature: Optional[Tensor], temp: float, dim: int, backend: str) -> Tensor:
+    return _run_rows(_kernel_module(backend).softmax_fwd, x, None, temperature, temp, dim).contiguous()
 
 
 @softmax_fwd.register_fake
@@ -134,5 +137,5 @@ def softmax(x: Tensor, temperature=1.0, dim: int = -1, *, backend: str = "auto")
         temperature = None
     name = resolve(backend, x.device, "softmax", _dispatch.support_check("softmax", "softmax_fwd", x.dtype))
     if _dispatch.eager_kernel_call(name) and not (x.requires_grad and torch.is_grad_enabled()):
-        return _run_rows(_kernel_module(name).softmax_fwd, x, None, temperature, temp, dim).contiguous()
+        return _kernel_forward(x, temperature, temp, dim, name)
     return softmax_fwd(x, temperature, temp, dim, name)
