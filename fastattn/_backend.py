@@ -1,7 +1,7 @@
 """Backend names, availability and per-call resolution.
 
-Every public op takes ``backend=`` ("auto", "triton", "cuda", "torch"). ``resolve`` turns that into the
-concrete backend that runs the call, or raises ``BackendUnavailable`` saying why the asked-for one cannot.
+Every public op takes ``backend=`` ("auto", "triton", "cuda", "torch"). This module says whether each backend
+can run on this machine and on a given device; fastattn.ops._dispatch picks the backend of each call.
 Nothing here touches the GPU at import time: availability is probed lazily and cached.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from typing import Callable, Iterator, Optional
+from typing import Iterator
 
 import torch
 
@@ -111,36 +111,12 @@ def available_backends() -> dict:
     return {"torch": True, "triton": triton_status(), "cuda": cuda_status()}
 
 
-# An op's support check: given the backend name, return None if it can run the call, else the reason.
-SupportCheck = Callable[[str], Optional[str]]
-
-
-def resolve(backend: str, device: torch.device, op: str, unsupported: SupportCheck) -> str:
-    """Pick the backend for one call of ``op`` on ``device``.
-
-    ``unsupported(name)`` reports call-specific limits (dtype, head dim, ...) of the "triton" and "cuda"
-    kernels. "auto" prefers cuda, then triton, on a GPU and the torch reference on the CPU; it never
-    picks a backend whose kernel would not support the call.
-    """
-    backend = check_backend_name(backend)
-    if backend == "auto":
-        backend = _default_name()
-    if backend == "torch":
-        return "torch"
-    if backend == "auto":
-        if device.type != "cuda":
-            return "torch"
-        for name in ("cuda", "triton"):
-            if _machine_status(name, device) is True and unsupported(name) is None:
-                return name
-        return "torch"
-    status = _machine_status(backend, device)
-    if status is not True:
-        raise BackendUnavailable(f"fastattn.{op}: backend {backend!r} is unavailable: {status}")
-    why = unsupported(backend)
-    if why is not None:
-        raise BackendUnavailable(f"fastattn.{op}: backend {backend!r} does not support this call: {why}")
-    return backend
+@_constant
+def gpu_arch_major(index: "int | None") -> int:
+    """The compute capability major of CUDA device ``index`` (None: the current one), e.g. 9 for an H100."""
+    if not _has_gpu():
+        return 0  # a CUDA device named on a machine without one: no backend but the reference can take it
+    return _probe_once(("arch", index), lambda: torch.cuda.get_device_capability(index)[0])
 
 
 def _machine_status(name: str, device: torch.device) -> "bool | str":

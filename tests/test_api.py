@@ -205,12 +205,17 @@ def test_decode_attention(dtype):
         assert_rel(out[i:i + 1], want[:, :, 0], REL_TOL[dtype], f"sequence {i}")
 
 
-def test_decode_attention_bad_lengths():
+def test_decode_attention_bad_lengths(monkeypatch):
     q, kc = randn(2, 2, 4), randn(2, 2, 6, 4)
     with pytest.raises(ValueError, match="cache_seqlens"):
-        fastattn.decode_attention(q, kc, kc, torch.tensor([7, 1], dtype=torch.int32))
-    with pytest.raises(ValueError, match="cache_seqlens"):
         fastattn.decode_attention(q, kc, kc, torch.tensor([1], dtype=torch.int32))
+    # Lengths outside [0, Smax] are clamped (checking them would synchronise a GPU); strict mode raises.
+    out = fastattn.decode_attention(q, kc, kc, torch.tensor([7, -2], dtype=torch.int32), backend="torch")
+    want = fastattn.decode_attention(q, kc, kc, torch.tensor([6, 0], dtype=torch.int32), backend="torch")
+    assert torch.equal(out, want) and (out[1] == 0).all()
+    monkeypatch.setattr(fastattn.ops._checks, "STRICT", True)
+    with pytest.raises(ValueError, match="cache_seqlens"):
+        fastattn.decode_attention(q, kc, kc, torch.tensor([7, 1], dtype=torch.int32))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -248,7 +253,8 @@ def test_softmax_special_values_and_empty():
     assert fastattn.softmax(torch.randn(4, 0)).shape == (4, 0)
 
 
-def test_softmax_bad_input():
+def test_softmax_bad_input(monkeypatch):
+    monkeypatch.setattr(fastattn.ops._checks, "STRICT", True)  # for the per-row temperature values below
     x = randn(3, 6)
     with pytest.raises(ValueError, match="temperature"):
         fastattn.softmax(x, 0.0)
@@ -337,12 +343,36 @@ def test_sample_nan_row_and_edge_rows():
 @pytest.mark.parametrize("kw,match", [
     (dict(temperature=-1.0), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"), (dict(min_p=1.0), "min_p"), (dict(min_p=-0.1), "min_p"),
-    (dict(top_p=torch.tensor([0.5, 0.0])), "top_p"), (dict(top_k=torch.tensor([1, 2, 3])), "top_k"),
-    (dict(top_k=2.5), "top_k"), (dict(seed=torch.tensor([1, 2, 3])), "seed"),
+    (dict(top_k=torch.tensor([1, 2, 3])), "top_k"), (dict(top_k=2.5), "top_k"),
+    (dict(seed=torch.tensor([1, 2, 3])), "seed"),
 ])
 def test_sample_bad_parameters(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         fastattn.sample(randn(2, 10), **kw)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(top_p=torch.tensor([0.5, 0.0])), "top_p"), (dict(top_k=torch.tensor([1, -2])), "top_k"),
+    (dict(temperature=torch.tensor([1.0, -1.0])), "temperature"), (dict(min_p=torch.tensor([0.0, 1.0])), "min_p"),
+])
+def test_sample_tensor_parameters_checked_in_strict_mode(kw, match, monkeypatch):
+    monkeypatch.setattr(fastattn.ops._checks, "STRICT", True)
+    with pytest.raises(ValueError, match=match):
+        fastattn.sample(randn(2, 10), **kw)
+
+
+def test_sample_tensor_parameters_out_of_range_are_clamped():
+    """Without strict mode, tensor parameters are not checked (a device sync) but clamped to their ranges."""
+    logits = randn(4, 40, seed=3, scale=3)
+    got = fastattn.sample(logits, temperature=torch.tensor([-1.0, 0.5, 0.9, 1.0]),
+                          top_k=torch.tensor([-3, 5, 0, 2]), top_p=torch.tensor([0.0, 2.0, 0.8, 1.0]),
+                          min_p=torch.tensor([0.1, -1.0, 0.0, 1.5]), seed=11, backend="torch")
+    want = fastattn.sample(logits, temperature=torch.tensor([0.0, 0.5, 0.9, 1.0]),
+                           top_k=torch.tensor([0, 5, 0, 2]),
+                           top_p=torch.tensor([torch.finfo(torch.float32).tiny, 1.0, 0.8, 1.0]),
+                           min_p=torch.tensor([0.1, 0.0, 0.0, 1.0]), seed=11, backend="torch")
+    assert torch.equal(got, want)
+    assert got[0] == logits[0].argmax()
 
 
 def test_sample_bad_logits():

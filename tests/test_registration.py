@@ -98,15 +98,15 @@ def test_compile_training_step():
 
 
 def test_backend_resolution_traces_under_compile():
-    """resolve() runs inside compiled code: its probes must be constants to dynamo, never graph breaks, also
-    for a CUDA device on a machine without one (the answer is then a reason string)."""
+    """_dispatch.select runs inside compiled code: its probes must be constants to dynamo, never graph breaks,
+    also for a CUDA device on a machine without one (the answer is then a reason string)."""
     torch._dynamo.reset()
-    from fastattn._backend import resolve
+    from fastattn.ops import _dispatch
 
     def pick(x):
-        on_gpu = resolve("auto", torch.device("cuda"), "softmax", lambda b: None)
-        with_default = resolve("auto", x.device, "softmax", lambda b: None)
-        return x + (1.0 if on_gpu == with_default else 2.0)
+        on_gpu = _dispatch.select("auto", "softmax", "softmax", "softmax_fwd", torch.device("cuda"), x.dtype)
+        with_default = _dispatch.select("auto", "softmax", "softmax", "softmax_fwd", x.device, x.dtype)
+        return x + (1.0 if on_gpu is with_default else 2.0)
 
     x = torch.ones(3)
     assert torch.equal(torch.compile(pick, fullgraph=True, backend="eager")(x), pick(x))

@@ -132,19 +132,19 @@ def require_memory(nbytes: float, what: str, device: torch.device) -> None:
         raise Skipped(f"{what} needs ~{nbytes / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB free")
 
 
-def kernel_module(op: str, backend: str):
-    """fastattn's kernel module for an op (the one fastattn.ops imports), for the raw-launcher providers."""
-    import importlib
+def kernel_module(op: str, backend: str, device: Optional[torch.device] = None):
+    """fastattn's kernel module for an op family, found as fastattn.ops finds it, for the raw-launcher providers."""
+    from fastattn.ops import _dispatch
 
-    status = fastattn.available_backends().get(backend)
-    if status is not True:
-        raise Unavailable(f"backend {backend!r}: {status}")
-    try:
-        if backend == "triton":
-            return importlib.import_module(f"fastattn.triton.{op}")
-        return importlib.import_module("fastattn._cuda")
-    except ImportError as e:
-        raise Unavailable(f"no {backend} {op} kernels yet ({e})") from e
+    b = _dispatch.backend_for(op, backend)
+    why = b.machine_reason(device if device is not None else _default_device())
+    if why is not None:
+        raise Unavailable(f"backend {backend!r}: {why}")
+    return b.kernels
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def launcher(op: str, backend: str, fn: str):
@@ -195,12 +195,10 @@ class Options:
         return self.passes is None or p in self.passes
 
 
-def require_supported(op: str, backend: str, probe: str, *args) -> None:
-    """Ask the kernel module's support probe (as fastattn.ops does); a missing probe means no kernel yet."""
-    m = kernel_module(op, backend)
-    p = getattr(m, probe, None)
-    if p is None:
-        raise Unavailable(f"{m.__name__} has no {probe} (no such kernel yet)")
-    why = p(*args)
-    if why is not None:
-        raise Unavailable(f"{backend} does not support this call: {why}")
+def require_supported(op: str, backend: str, fn: str, probe: str, *args) -> None:
+    """Ask the backend whether it takes this call of kernel ``fn``, exactly as fastattn.ops does."""
+    from fastattn.ops import _dispatch
+
+    why = _dispatch.backend_for(op, backend).reasons(args[0].device, fn, args[0].dtype, probe, args)
+    if why:
+        raise Unavailable(f"{backend} does not support this call: {'; '.join(why)}")

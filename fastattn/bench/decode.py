@@ -55,7 +55,7 @@ def _op(backend: str):
 def _raw(backend: str):
     def build(inp):
         q, k, v, sl = inp["q"], inp["k"], inp["v"], inp["seqlens"]
-        require_supported("attention", backend, "unsupported_decode", q, k, v, sl)
+        require_supported("attention", backend, "decode_attention", "unsupported_decode", q, k, v, sl)
         f = launcher("attention", backend, "decode_attention")
         scale = 1.0 / math.sqrt(q.shape[-1])
         return lambda: f(q, k, v, sl, scale)

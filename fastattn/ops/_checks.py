@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import numbers
+import os
 from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# FASTATTN_STRICT_CHECKS=1: also range-check the values inside tensor arguments (per-row sampling parameters,
+# softmax temperatures, decode cache lengths). Off by default: reading a tensor's values synchronises the device
+# on every call, so without it such values get a documented defined result (clamping) instead. For debugging.
+STRICT = os.environ.get("FASTATTN_STRICT_CHECKS", "0") == "1"
 
 
 def tensor(name: str, t, *, ndim: Optional[int] = None, dtypes: Optional[Iterable[torch.dtype]] = None) -> Tensor:

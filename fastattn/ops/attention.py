@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .._backend import resolve
 from . import _checks, _dispatch
 
 ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -22,7 +21,7 @@ _torch_sdpa = torch.nn.functional.scaled_dot_product_attention
 
 
 def _kernel_module(backend: str):
-    return _dispatch.kernel_module(backend, "attention")
+    return _dispatch.backend_for("attention", backend).kernels
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -155,10 +154,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
             raise ValueError(f"key_padding_mask must have shape (B, Sk) = ({b}, {sk}), got "
                              f"{tuple(key_padding_mask.shape)}")
         _checks.same_device(("q", q), ("key_padding_mask", key_padding_mask))
-    name = resolve(backend, q.device, "attention",
-                   _dispatch.support_check("attention", "attention_fwd", q.dtype, "unsupported_attention",
-                                           (q, k, v, bias, key_padding_mask, causal)))
-    out, lse = attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, name)
+    chosen = _dispatch.select(backend, "attention", "attention", "attention_fwd", q.device, q.dtype,
+                              "unsupported_attention", (q, k, v, bias, key_padding_mask, causal))
+    out, lse = attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, chosen.name)
     return (out, lse) if return_lse else out
 
 
@@ -168,8 +166,9 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
 
     q: (B, Hq, D); k_cache, v_cache: (B, Hkv, Smax, D); cache_seqlens: int32 (B,), how many cache positions of
     each sequence are valid (positions past it are never read). Returns (B, Hq, D). A sequence of length 0
-    returns zeros. Lengths outside [0, Smax] raise on the CPU; on a GPU they are clamped to that range, since
-    checking them would synchronise the device on every decode step.
+    returns zeros. Lengths outside [0, Smax] are clamped to that range on every device and backend, since
+    checking them would synchronise the device on every decode step; FASTATTN_STRICT_CHECKS=1 checks them
+    (synchronising) and raises instead.
     """
     _checks.tensor("q", q, ndim=3, dtypes=ATTN_DTYPES + (torch.float64,))
     _checks.tensor("k_cache", k_cache, ndim=4)
@@ -189,21 +188,20 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
         raise ValueError(f"the number of query heads Hq={hq} must be a multiple of the cache heads Hkv={hkv}")
     if cache_seqlens.shape[0] != b:
         raise ValueError(f"cache_seqlens must have shape (B,) = ({b},), got {tuple(cache_seqlens.shape)}")
-    # Checked where it is free; on a GPU the check would synchronise every decode step, so there the kernels
+    # Not checked by default: the check would synchronise every decode step. The kernels and the reference
     # clamp each length to [0, Smax] instead (no position outside the cache is ever read).
-    if cache_seqlens.device.type == "cpu" and not _checks.is_compiling() and cache_seqlens.numel():
+    if _checks.STRICT and not _checks.is_compiling() and cache_seqlens.numel():
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
         if lo < 0 or hi > smax:
             raise ValueError(f"cache_seqlens must lie in [0, Smax={smax}], got values in [{lo}, {hi}]")
     scale = _checks.positive_scale(scale)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    name = resolve(backend, q.device, "decode_attention",
-                   _dispatch.support_check("attention", "decode_attention", q.dtype, "unsupported_decode",
-                                           (q, k_cache, v_cache, cache_seqlens)))
+    chosen = _dispatch.select(backend, "attention", "decode_attention", "decode_attention", q.device, q.dtype,
+                              "unsupported_decode", (q, k_cache, v_cache, cache_seqlens))
     lens = cache_seqlens.to(torch.int32)
-    if _dispatch.eager_kernel_call(name):  # one call per layer per generated token: skip the op's dispatch
-        return _kernel_module(name).decode_attention(q, k_cache, v_cache, lens, scale)
-    return decode_attention_op(q, k_cache, v_cache, lens, scale, name)
+    if _dispatch.eager_kernel_call(chosen):  # one call per layer per generated token: skip the op's dispatch
+        return chosen.kernels.decode_attention(q, k_cache, v_cache, lens, scale)
+    return decode_attention_op(q, k_cache, v_cache, lens, scale, chosen.name)
 
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None,

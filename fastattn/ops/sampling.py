@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .._backend import resolve
 from . import _checks, _dispatch
 
 LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -20,7 +19,7 @@ _SEED_RANGE = 1 << 62
 
 
 def _kernel_module(backend: str):
-    return _dispatch.kernel_module(backend, "sampling")
+    return _dispatch.backend_for("sampling", backend).kernels
 
 
 def _param(t: Optional[Tensor], value):
@@ -66,8 +65,13 @@ def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_
 # Checks
 # ----------------------------------------------------------------------------------------------------------
 
-def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expected: str):
-    """Returns (tensor or None, number); raises naming the argument when out of range."""
+def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expected: str, clamp: tuple):
+    """Returns (tensor or None, number); a number out of range raises, naming the argument.
+
+    A (B,) tensor is not range-checked, since that would synchronise the device on every call: its elements
+    are clamped to ``clamp`` = (low, high) (None: unbounded) instead, which gives every value a defined result.
+    FASTATTN_STRICT_CHECKS=1 checks them too (and synchronises), raising as for a number.
+    """
     if isinstance(value, Tensor):
         dtypes = (torch.int32, torch.int64) if integer else _checks.FLOAT_DTYPES
         _checks.tensor(name, value, dtypes=dtypes)
@@ -77,10 +81,10 @@ def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expecte
         if value.device != device:
             raise ValueError(f"{name} is on {value.device} but logits is on {device}: all tensors must be on "
                              "one device")
-        if not _checks.is_compiling() and value.numel() and not bool(ok(value).all()):
+        if _checks.STRICT and not _checks.is_compiling() and value.numel() and not bool(ok(value).all()):
             raise ValueError(f"{name} must be {expected} (every element of the {name} tensor)")
-        t = value.reshape(-1).expand(b).to(torch.int64 if integer else torch.float32).contiguous()
-        return t, (0 if integer else 0.0)
+        t = value.reshape(-1).expand(b).to(torch.int64 if integer else torch.float32)
+        return torch.clamp(t, *clamp), (0 if integer else 0.0)  # clamp also makes it a fresh contiguous tensor
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integer and not isinstance(value, numbers.Integral)):
         raise TypeError(f"{name} must be {'an int' if integer else 'a float'} or a (B,) tensor, got "
                         f"{type(value).__name__}")
@@ -88,6 +92,11 @@ def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expecte
     if not ok(number):  # the predicates use only comparisons and &, so they take numbers and tensors alike
         raise ValueError(f"{name} must be {expected}, got {value}")
     return None, number
+
+
+# Where tensor parameters are clamped (see _check_param): temperature below 0 is greedy, top_k below 0 is no
+# top-k, top_p at or below 0 keeps the most probable token only, min_p is taken in [0, 1].
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def _checked_params(logits: Tensor, temperature, top_k, top_p, min_p):
@@ -99,11 +108,13 @@ def _checked_params(logits: Tensor, temperature, top_k, top_p, min_p):
     dev = logits.device
     return (
         _check_param("temperature", temperature, b, dev, integer=False,
-                     ok=lambda t: (t >= 0) & (t < float("inf")), expected="a finite float >= 0"),
-        _check_param("top_k", top_k, b, dev, integer=True, ok=lambda t: t >= 0, expected="an int >= 0"),
+                     ok=lambda t: (t >= 0) & (t < float("inf")), expected="a finite float >= 0", clamp=(0.0, None)),
+        _check_param("top_k", top_k, b, dev, integer=True, ok=lambda t: t >= 0, expected="an int >= 0",
+                     clamp=(0, None)),
         _check_param("top_p", top_p, b, dev, integer=False, ok=lambda t: (t > 0) & (t <= 1),
-                     expected="in (0, 1]"),
-        _check_param("min_p", min_p, b, dev, integer=False, ok=lambda t: (t >= 0) & (t < 1), expected="in [0, 1)"),
+                     expected="in (0, 1]", clamp=(_TINY, 1.0)),
+        _check_param("min_p", min_p, b, dev, integer=False, ok=lambda t: (t >= 0) & (t < 1), expected="in [0, 1)",
+                     clamp=(0.0, 1.0)),
     )
 
 
@@ -150,14 +161,14 @@ def sample(logits: Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, ge
     finite logit) yields -1.
     """
     (tt, t), (kt, k), (pt, p), (mt, m) = _checked_params(logits, temperature, top_k, top_p, min_p)
-    name = resolve(backend, logits.device, "sample", _dispatch.support_check("sampling", "sample", logits.dtype))
-    if _dispatch.eager_kernel_call(name):
+    chosen = _dispatch.select(backend, "sampling", "sample", "sample", logits.device, logits.dtype)
+    if _dispatch.eager_kernel_call(chosen):
         # Straight to the launcher (no gradient, a fresh output); an int seed goes through as it is, sparing a
         # seed tensor and its launch.
         seeds = _seeds(logits, generator, seed, int_ok=True)
-        return _kernel_module(name).sample(logits, tt, t, kt, k, pt, p, mt, m, seeds)
+        return chosen.kernels.sample(logits, tt, t, kt, k, pt, p, mt, m, seeds)
     seeds = _seeds(logits, generator, seed)
-    return sample_op(logits, tt, t, kt, k, pt, p, mt, m, seeds, name)
+    return sample_op(logits, tt, t, kt, k, pt, p, mt, m, seeds, chosen.name)
 
 
 def top_k_top_p_filter(logits: Tensor, *, top_k=0, top_p=1.0, min_p=0.0, temperature=1.0,
@@ -167,5 +178,6 @@ def top_k_top_p_filter(logits: Tensor, *, top_k=0, top_p=1.0, min_p=0.0, tempera
     Same parameters and rules as ``sample``; rows with temperature 0 keep only their first maximal logit.
     """
     (tt, t), (kt, k), (pt, p), (mt, m) = _checked_params(logits, temperature, top_k, top_p, min_p)
-    name = resolve(backend, logits.device, "top_k_top_p_filter", _dispatch.support_check("sampling", "top_k_top_p_filter", logits.dtype))
-    return filter_op(logits, tt, t, kt, k, pt, p, mt, m, name)
+    chosen = _dispatch.select(backend, "sampling", "top_k_top_p_filter", "top_k_top_p_filter", logits.device,
+                              logits.dtype)
+    return filter_op(logits, tt, t, kt, k, pt, p, mt, m, chosen.name)

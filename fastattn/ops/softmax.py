@@ -12,15 +12,14 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backend, reference
-from .._backend import resolve
+from .. import reference
 from . import _checks, _dispatch
 
 SOFTMAX_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _kernel_module(backend: str):
-    return _dispatch.kernel_module(backend, "softmax")
+    return _dispatch.backend_for("softmax", backend).kernels
 
 
 def _rows(x: Tensor, dim: int) -> Tuple[Tensor, tuple]:
@@ -86,10 +85,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     y, temperature = ctx.saved_tensors
     backend = ctx.backend
-    has_bwd = _dispatch.support_check("softmax", "softmax_bwd", y.dtype)
-    if backend == "cuda" and has_bwd("cuda") is not None:
-        # The extension has a forward kernel only (so far): the backward runs on Triton, or the reference.
-        backend = "triton" if _backend.triton_status() is True and has_bwd("triton") is None else "torch"
+    if backend != "torch" and _dispatch.backend_for("softmax", backend).reasons(y.device, "softmax_bwd", y.dtype):
+        # The forward's backend has no backward kernel for this call: the first of "auto"'s order that has.
+        backend = _dispatch.select("auto", "softmax", "softmax", "softmax_bwd", y.device, y.dtype).name
     dx = softmax_bwd(grad.contiguous(), y, temperature, ctx.temp, ctx.dim, backend)
     return dx, None, None, None, None
 
@@ -101,7 +99,8 @@ def softmax(x: Tensor, temperature=1.0, dim: int = -1, *, backend: str = "auto")
     """softmax(x / temperature) along ``dim``, computed in float32 and returned in x's dtype.
 
     temperature: a positive number, or a tensor broadcastable to x with ``dim`` reduced to size 1 (one
-    temperature per row). Rows may be up to 256k wide. A row of all -inf returns zeros; NaN propagates.
+    temperature per row; its values are not checked, which would synchronise the device: a non-positive one
+    gives softmax(x / t) as written; FASTATTN_STRICT_CHECKS=1 raises instead). Rows may be up to 256k wide. A row of all -inf returns zeros; NaN propagates.
     Differentiable in x.
     """
     _checks.tensor("x", x, dtypes=SOFTMAX_DTYPES)
@@ -125,7 +124,9 @@ def softmax(x: Tensor, temperature=1.0, dim: int = -1, *, backend: str = "auto")
                              f"reduced to 1), got shape {tuple(temperature.shape)}")
         _checks.broadcastable("temperature", temperature, tuple(want), "x's shape with dim reduced to 1,")
         temperature = temperature.reshape(tshape)
-        if not _checks.is_compiling() and temperature.numel() and not bool((temperature > 0).all()):
+        # The values are not checked (that would synchronise the device on every call): a non-positive one
+        # gives softmax(x / t) as written. FASTATTN_STRICT_CHECKS=1 checks them.
+        if _checks.STRICT and not _checks.is_compiling() and temperature.numel() and not bool((temperature > 0).all()):
             raise ValueError("temperature must be positive (every element of the temperature tensor)")
         temp = 1.0
     else:
@@ -135,7 +136,7 @@ def softmax(x: Tensor, temperature=1.0, dim: int = -1, *, backend: str = "auto")
         if not temp > 0 or temp == float("inf"):
             raise ValueError(f"temperature must be a positive finite float, got {temperature}")
         temperature = None
-    name = resolve(backend, x.device, "softmax", _dispatch.support_check("softmax", "softmax_fwd", x.dtype))
-    if _dispatch.eager_kernel_call(name) and not (x.requires_grad and torch.is_grad_enabled()):
-        return _kernel_forward(x, temperature, temp, dim, name)
-    return softmax_fwd(x, temperature, temp, dim, name)
+    chosen = _dispatch.select(backend, "softmax", "softmax", "softmax_fwd", x.device, x.dtype)
+    if _dispatch.eager_kernel_call(chosen) and not (x.requires_grad and torch.is_grad_enabled()):
+        return _kernel_forward(x, temperature, temp, dim, chosen.name)
+    return softmax_fwd(x, temperature, temp, dim, chosen.name)
