@@ -183,9 +183,10 @@ def row_seeds(seed, batch: int, device: torch.device) -> Optional[Tensor]:
     return int(seed) + (torch.arange(batch, device=device, dtype=torch.int64) << 20)      # (B,)
 
 
-def draw(logits: Tensor, step: int, seeds: Optional[Tensor], *, temperature, top_k, top_p, min_p,
+def draw(logits: Tensor, step: Union[int, Tensor], seeds: Optional[Tensor], *, temperature, top_k, top_p, min_p,
          generator: Optional[torch.Generator]) -> Tensor:
-    """One token per row of logits (B, V) with fastattn.sample: (B,) int64. Step t draws with seeds + t * 2**40."""
+    """One token per row of logits (B, V) with fastattn.sample: (B,) int64. Step t (an int, or an int64 () tensor
+    on the logits' device, as a captured decode step has it) draws with seeds + t * 2**40."""
     return fastattn.sample(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                            seed=None if seeds is None else seeds + (step << 40), generator=generator)
 
@@ -197,11 +198,12 @@ class EosStop:
 
     def __init__(self, eos_token_id: Union[None, int, Sequence[int]], pad_token_id: Optional[int], batch: int,
                  device: torch.device):
-        self.eos, self.pad = None, pad_token_id
+        self.eos, self.pad, self.ids = None, pad_token_id, None
         if eos_token_id is not None:
             ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
             if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
                 raise TypeError(f"eos_token_id must be an int or a non-empty sequence of ints, got {eos_token_id!r}")
+            self.ids = tuple(ids)
             self.eos = torch.tensor(ids, dtype=torch.int64, device=device)                   # (E,)
             self.pad = ids[0] if pad_token_id is None else int(pad_token_id)
         self.finished = torch.zeros(batch, dtype=torch.bool, device=device)                  # (B,)

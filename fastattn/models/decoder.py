@@ -245,7 +245,7 @@ class Decoder(SwitchesAttnBackend):
     def generate(self, input_ids: Tensor, max_new_tokens: int, *, temperature=1.0, top_k=0, top_p=1.0,
                  min_p=0.0, seed=None, generator: Optional[torch.Generator] = None,
                  attention_mask: Optional[Tensor] = None, eos_token_id: Union[None, int, Sequence[int]] = None,
-                 pad_token_id: Optional[int] = None) -> Tensor:
+                 pad_token_id: Optional[int] = None, cuda_graph: bool = False) -> Tensor:
         """Continue each prompt (input_ids (B, T)) by up to max_new_tokens tokens: (B, T + n), n <= max_new_tokens.
 
         Each step draws with fastattn.sample (temperature 0 = greedy). seed: an int (row b at step t draws with
@@ -256,9 +256,22 @@ class Decoder(SwitchesAttnBackend):
         Face does for batched generation; each row then generates exactly what it would alone. Right padding is
         handled too (the new tokens still follow the padded prompt in the output).
         eos_token_id (an int or several): a row that emits one is finished and emits pad_token_id (default: the
-        eos id) from then on; generation stops early, n < max_new_tokens, once every row has finished.
+        eos id) from then on; generation stops early, n < max_new_tokens, once every row has finished (which
+        costs one host sync a step, only when eos_token_id is given).
+
+        The KV cache is static: preallocated for T + max_new_tokens positions, every decode step the same shapes,
+        the step number a device tensor. cuda_graph=True (a CUDA model only; ValueError otherwise) captures one
+        whole decode step (every layer, decode_attention, the sampler, the cache and eos updates) in a CUDA graph
+        after one eager step and replays it for every later token; the tokens equal the eager path's. The graph
+        and its static buffers stay with the model and are captured again only when the batch size, the cache
+        length, the dtype or the sampling settings (numbers, or which parameters are tensors) change.
         """
         B, T = input_ids.shape
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be a bool, got {type(cuda_graph).__name__}")
+        if cuda_graph and (input_ids.device.type != "cuda" or self.wte.weight.device.type != "cuda"):
+            raise ValueError(f"cuda_graph=True needs the model and input_ids on a CUDA device, got input_ids on "
+                             f"{input_ids.device} and the model on {self.wte.weight.device}; use cuda_graph=False")
         longest = T
         if attention_mask is not None:
             if tuple(attention_mask.shape) != (B, T):
@@ -271,9 +284,23 @@ class Decoder(SwitchesAttnBackend):
         if self.wpe is not None and longest + max_new_tokens > self.config.max_seq_len:
             raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds max_seq_len "
                              f"{self.config.max_seq_len}")
+        if max_new_tokens < 1:
+            return input_ids.clone()
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator)
         seeds = row_seeds(seed, B, input_ids.device)
         stop = EosStop(eos_token_id, pad_token_id, B, input_ids.device)
-        cache = self.new_cache(B, T + max_new_tokens)
+        step = None
+        if cuda_graph:
+            step = self._graph_steps.get(_DecodeStep.key(B, T + max_new_tokens, self.wte.weight, seeds, stop,
+                                                         sampling))
+        if step is None:
+            step = _DecodeStep(self, self.new_cache(B, T + max_new_tokens), seeds, stop, sampling)
+            if cuda_graph:
+                self._graph_steps.clear()  # one captured step per model: the newest settings
+                self._graph_steps[step.key_] = step
+        else:
+            step.reset(seeds, stop, sampling)
+        cache, stop = step.cache, step.stop
         logits = self(input_ids, cache, attention_mask)                  # (B, T, V)
         if attention_mask is None:
             logits = logits[:, -1]                                       # (B, V)
@@ -281,15 +308,19 @@ class Decoder(SwitchesAttnBackend):
             last = (attention_mask.to(input_ids.device).bool().long()
                     * torch.arange(T, device=input_ids.device)).argmax(1)                 # (B,)
             logits = logits[torch.arange(B, device=input_ids.device), last]               # (B, V)
-        out = [input_ids]
-        for t in range(max_new_tokens):
-            tok = stop(draw(logits, t, seeds, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                            generator=generator))                        # (B,)
-            out.append(tok.view(B, 1))                                   # (B,) -> (B, 1)
-            if t + 1 == max_new_tokens or stop.done:
+        out = [input_ids, step.first(logits).clone().view(B, 1)]         # step 0: the prompt's next token
+        for t in range(1, max_new_tokens):
+            if stop.done:
                 break
-            logits = self(tok.view(B, 1), cache)[:, -1]                  # (B, 1, V) -> (B, V)
+            tok = step.replay() if cuda_graph and step.graph_ready else step.eager(capture_next=cuda_graph)
+            out.append(tok.clone().view(B, 1))                           # (B,) -> (B, 1); the buffer is reused
         return torch.cat(out, dim=1)
+
+    @property
+    def _graph_steps(self) -> dict:
+        if "_graph_steps_" not in self.__dict__:
+            self.__dict__["_graph_steps_"] = {}
+        return self.__dict__["_graph_steps_"]
 
     @classmethod
     def from_hf(cls, model, attn_backend: str = "auto") -> "Decoder":
@@ -322,3 +353,87 @@ class Decoder(SwitchesAttnBackend):
         if not config.tie_embeddings:
             copy_(ours.lm_head.weight, model.lm_head.weight, "lm_head")
         return ours.train(model.training)
+
+
+class _DecodeStep:
+    """One decode step of Decoder.generate over static buffers, eager or replayed from a CUDA graph.
+
+    State on the device only: the KV cache (fixed shapes), the last token ``tok`` (B,), the step number ``t``
+    (int64 ()), the per-row base seeds and the eos bookkeeping, all updated in place, so that a captured step is
+    the same work as an eager one and no host value enters the graph. Python-number sampling settings are
+    constants of the captured graph (hence part of ``key``); tensor settings are copied into static buffers.
+    """
+
+    def __init__(self, model: "Decoder", cache: KVCache, seeds: Optional[Tensor], stop: EosStop, sampling: dict):
+        self.model, self.cache, self.stop = model, cache, stop
+        dev = cache.lengths.device
+        self.key_ = self.key(cache.lengths.shape[0], cache.max_len, model.wte.weight, seeds, stop, sampling)
+        self.seeds = None if seeds is None else seeds.clone()
+        self.sampling = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in sampling.items()}
+        self.tok = torch.zeros(cache.lengths.shape[0], dtype=torch.int64, device=dev)   # (B,)
+        self.t = torch.zeros((), dtype=torch.int64, device=dev)
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.graph_ready = False
+
+    @staticmethod
+    def key(batch: int, max_len: int, weight: Tensor, seeds: Optional[Tensor], stop: EosStop, sampling: dict):
+        def k(v):
+            return ("tensor", v.dtype, tuple(v.shape)) if isinstance(v, Tensor) else v
+        eos = None if stop.eos is None else (stop.ids, stop.pad)
+        gen = sampling.get("generator")
+        return (batch, max_len, weight.dtype, weight.device, seeds is None, id(gen) if gen is not None else None,
+                eos) + tuple(k(sampling[n]) for n in ("temperature", "top_k", "top_p", "min_p"))
+
+    def reset(self, seeds: Optional[Tensor], stop: EosStop, sampling: dict) -> None:
+        """Reuse these buffers (and a captured graph) for a new generate call with the same key."""
+        for n, v in sampling.items():
+            if isinstance(v, Tensor):
+                self.sampling[n].copy_(v)
+        self.cache.lengths.zero_()
+        self.cache.empty = True
+        if seeds is not None:
+            self.seeds.copy_(seeds)
+        self.stop.finished.copy_(stop.finished)
+        self.t.zero_()
+
+    def _draw(self, logits: Tensor) -> None:
+        tok = self.stop(draw(logits, self.t, self.seeds, **self.sampling))   # (B,)
+        self.tok.copy_(tok)
+        self.t += 1
+
+    def first(self, logits: Tensor) -> Tensor:
+        self._draw(logits)
+        return self.tok
+
+    def _body(self) -> None:
+        B = self.tok.shape[0]
+        logits = self.model(self.tok.view(B, 1), self.cache)[:, -1]     # (B, 1, V) -> (B, V)
+        self._draw(logits)
+
+    def eager(self, capture_next: bool = False) -> Tensor:
+        """Run one step now; with capture_next, on a side stream (a warm-up, as CUDA graphs want), then capture
+        the step so that the next call replays it."""
+        if not capture_next:
+            self._body()
+            return self.tok
+        side = torch.cuda.Stream(device=self.tok.device)
+        side.wait_stream(torch.cuda.current_stream(self.tok.device))
+        with torch.cuda.stream(side):
+            self._body()
+        torch.cuda.current_stream(self.tok.device).wait_stream(side)
+        self._capture()
+        return self.tok
+
+    def _capture(self) -> None:
+        # Capture records the step's kernels without running them: the buffers keep their values.
+        gen = self.sampling.get("generator")
+        self.graph = torch.cuda.CUDAGraph()
+        if gen is not None:
+            self.graph.register_generator_state(gen)
+        with torch.cuda.graph(self.graph):
+            self._body()
+        self.graph_ready = True
+
+    def replay(self) -> Tensor:
+        self.graph.replay()
+        return self.tok
