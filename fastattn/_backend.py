@@ -120,6 +120,20 @@ def gpu_arch_major(index: "int | None") -> int:
 
 
 def _machine_status(name: str, device: torch.device) -> "bool | str":
+    """Whether backend ``name`` runs on ``device`` here: True or the reason. Asked on every call, so cached: the
+    answers depend on the machine and on TRITON_INTERPRET, which is fixed once triton has been imported (the
+    first answer for "triton" imports it)."""
+    key = (name, device.type, device.index)
+    st = _machine_cache.get(key)
+    if st is None:
+        st = _machine_cache[key] = _machine_status_uncached(name, device)
+    return st
+
+
+_machine_cache: dict = {}
+
+
+def _machine_status_uncached(name: str, device: torch.device) -> "bool | str":
     if name == "triton":
         st = triton_status()
         if st is not True:

@@ -193,3 +193,93 @@ def test_decode_step_plus_sample_makes_no_device_sync(backend):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+class _OpLog:
+    """Records every aten op (factory functions included) that runs on the way to a stubbed kernel."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        log = self.ops = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                log.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        return False
+
+
+def test_scalar_hot_paths_run_no_tensor_op(monkeypatch):
+    """With Python-number parameters, an int seed, int32 lengths and a contiguous 2-D softmax input, fastattn's
+    call path up to the kernel launch creates no tensor and runs no torch op at all (stubbed kernels)."""
+    if _dispatch.backend_for("attention", "triton").machine_reason(torch.device("cpu")) is not None:
+        pytest.skip("needs the triton kernel modules importable (for the stubs)")
+    att = _dispatch.backend_for("attention", "triton").kernels
+    smp = _dispatch.backend_for("sampling", "triton").kernels
+    smx = _dispatch.backend_for("softmax", "triton").kernels
+    q, kc = randn(2, 4, 16), randn(2, 2, 9, 16, seed=1)
+    lens = torch.tensor([3, 9], dtype=torch.int32)
+    logits, x = randn(2, 40, seed=2), randn(3, 17, seed=3)
+    outs = dict(q=torch.empty_like(q), tok=torch.empty(2, dtype=torch.int64), f=torch.empty_like(logits),
+                s=torch.empty_like(x))
+    monkeypatch.setattr(att, "decode_attention", lambda *a: outs["q"])
+    monkeypatch.setattr(smp, "sample", lambda *a: outs["tok"])
+    monkeypatch.setattr(smp, "top_k_top_p_filter", lambda *a: outs["f"])
+    monkeypatch.setattr(smx, "softmax_fwd", lambda *a: outs["s"])
+    with _OpLog() as log:
+        assert fastattn.decode_attention(q, kc, kc, lens, backend="triton") is outs["q"]
+        assert fastattn.sample(logits, temperature=0.8, top_k=5, top_p=0.9, min_p=0.01, seed=3,
+                               backend="triton") is outs["tok"]
+        assert fastattn.top_k_top_p_filter(logits, top_k=5, top_p=0.9, backend="triton") is outs["f"]
+        assert fastattn.softmax(x, temperature=0.5, backend="triton") is outs["s"]
+    assert log.ops == []
+    with _OpLog() as log:  # the log sees ops: the check above can fail
+        fastattn.decode_attention(q, kc, kc, lens.long(), backend="triton")
+    assert log.ops
+
+
+def test_host_benchmark_runs_and_restores_the_kernels():
+    from fastattn.bench import host
+    if _dispatch.backend_for("sampling", "triton").machine_reason(torch.device("cpu")) is not None:
+        pytest.skip("triton cannot run here")
+    before = {(c.family, c.fn): getattr(_dispatch.backend_for(c.family, "triton").kernels, c.fn)
+              for c in host.cases(torch.device("cpu"))}
+    rows = host.measure(torch.device("cpu"), "triton", n=5, rounds=1)
+    assert [name for name, _ in rows] == [c.name for c in host.cases(torch.device("cpu"))]
+    for _, r in rows:
+        assert r["stub"] > 0 and r["bare op (stub run)"] > 0
+    for (family, fn), f in before.items():
+        assert getattr(_dispatch.backend_for(family, "triton").kernels, fn) is f
+    assert "stub / bare" in host.report(rows, torch.device("cpu"), "triton")
+
+
+@pytest.mark.triton
+def test_decode_launch_plan_gives_the_same_answers_as_the_checked_path():
+    """The second call with the same metadata takes the kept plan: new values still give the reference's
+    answers, and a call with other metadata (here a wrong shape) is checked afresh."""
+    from fastattn import reference
+    from fastattn.ops import attention as attn_ops
+    from _utils import rel_err
+
+    attn_ops._DECODE_PLANS.clear()
+    for step in range(3):
+        q = randn(2, 4, 16, seed=10 + step)
+        kc, vc = randn(2, 2, 11, 16, seed=20 + step), randn(2, 2, 11, 16, seed=30 + step)
+        lens = torch.tensor([step + 1, 11 - step], dtype=torch.int32)
+        out = fastattn.decode_attention(q, kc, vc, lens, backend="triton")
+        want = reference.decode_attention(q.double(), kc.double(), vc.double(), lens)
+        assert rel_err(out, want) < 1e-5
+        assert len(attn_ops._DECODE_PLANS) == 1
+    with pytest.raises(ValueError, match="k_cache and v_cache must have the same shape"):
+        fastattn.decode_attention(q, kc, vc[:, :, :5], lens, backend="triton")
+    if _dispatch.backend_for("attention", "cuda").reasons(q.device, "decode_attention", q.dtype):
+        with pytest.raises(BackendUnavailable):  # a plan for "triton" never serves another backend's call
+            fastattn.decode_attention(q, kc, vc, lens, backend="cuda")

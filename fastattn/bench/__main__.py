@@ -49,6 +49,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--budget", type=float,
                    help="seconds for the whole run; sections that run out are marked skipped (default: 100 in "
                         "quick mode on a GPU, 240 in the CPU quick mode, none otherwise; 0 = none)")
+    p.add_argument("--host", action="store_true",
+                   help="time fastattn's host-side work per call of the small decode-step ops (kernels stubbed; "
+                        "with the real launch too on a GPU) against a bare torch op, and exit")
     p.add_argument("--list", action="store_true", help="print the plan (cases × providers) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="no per-case lines while running")
@@ -90,6 +93,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import env as envmod
     from . import report, runner, timing
     from .core import Options
+
+    if args.host:
+        from . import host
+        device = torch.device("cuda" if use_gpu else "cpu")
+        backends = _flat(args.backend) or ["triton"]
+        md = "\n\n".join(host.main(device, b, quick=args.quick) for b in backends)
+        print(md)
+        if not args.no_save:
+            env = envmod.collect(device)
+            out = args.out or report.default_out_dir(env, "host")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "report.md").write_text(md + "\n")
+            print(f"fastattn-bench: wrote {out}/report.md", flush=True)
+        return 0
 
     mode = "full" if not args.quick else "quick"
     opts = Options(mode=mode, device="cuda" if plan_gpu else "cpu", dtypes=_flat(args.dtype),

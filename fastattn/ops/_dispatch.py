@@ -83,7 +83,8 @@ class Backend:
         """Why this backend cannot run kernel ``fn`` for this call: an empty list when it can.
 
         ``probe`` names the kernel module's own check of the call (e.g. head dim, strides), called with
-        ``args``; it returns None or a reason.
+        ``args``; it returns None or a reason. It must depend on metadata only (shapes, strides, dtypes,
+        devices), never on values or addresses: decode_attention keeps its answer per call metadata.
         """
         if self.name == "torch":
             return []

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import reference
+from .. import _backend, reference
 from . import _checks, _dispatch
 
 ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -160,6 +160,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
     return (out, lse) if return_lse else out
 
 
+# Launch plans of decode_attention: call metadata -> (kernel function, scale). Only eager kernel calls are kept
+# (the backend's support probe must depend on metadata only, as _dispatch.Backend.reasons requires).
+_DECODE_PLANS: dict = {}
+_MAX_PLANS = 64
+
+
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor, *,
                      scale: Optional[float] = None, backend: str = "auto") -> Tensor:
     """Attention of one new query token per sequence against a KV cache.
@@ -170,6 +176,19 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
     checking them would synchronise the device on every decode step; FASTATTN_STRICT_CHECKS=1 checks them
     (synchronising) and raises instead.
     """
+    plan_key = None
+    if isinstance(q, Tensor) and isinstance(k_cache, Tensor) and isinstance(v_cache, Tensor) \
+            and isinstance(cache_seqlens, Tensor) and isinstance(backend, str) and not _checks.STRICT \
+            and not torch.compiler.is_compiling():
+        # A decode step repeats the previous step's call with new values: every check below and the backend
+        # choice depend on metadata only, so their outcome is kept per metadata (a "launch plan").
+        plan_key = (q.shape, q.stride(), q.dtype, q.device, k_cache.shape, k_cache.stride(), k_cache.dtype,
+                    k_cache.device, v_cache.shape, v_cache.stride(), v_cache.dtype, v_cache.device,
+                    cache_seqlens.shape, cache_seqlens.dtype, cache_seqlens.device, scale, backend,
+                    _backend._default_name())
+        plan = _DECODE_PLANS.get(plan_key)
+        if plan is not None:
+            return plan[0](q, k_cache, v_cache, cache_seqlens, plan[1])
     _checks.tensor("q", q, ndim=3, dtypes=ATTN_DTYPES + (torch.float64,))
     _checks.tensor("k_cache", k_cache, ndim=4)
     _checks.tensor("v_cache", v_cache, ndim=4)
@@ -198,8 +217,12 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     chosen = _dispatch.select(backend, "attention", "decode_attention", "decode_attention", q.device, q.dtype,
                               "unsupported_decode", (q, k_cache, v_cache, cache_seqlens))
-    lens = cache_seqlens.to(torch.int32)
+    lens = cache_seqlens if cache_seqlens.dtype == torch.int32 else cache_seqlens.to(torch.int32)
     if _dispatch.eager_kernel_call(chosen):  # one call per layer per generated token: skip the op's dispatch
+        if plan_key is not None and lens is cache_seqlens:
+            if len(_DECODE_PLANS) >= _MAX_PLANS:
+                _DECODE_PLANS.clear()
+            _DECODE_PLANS[plan_key] = (chosen.kernels.decode_attention, scale)
         return chosen.kernels.decode_attention(q, k_cache, v_cache, lens, scale)
     return decode_attention_op(q, k_cache, v_cache, lens, scale, chosen.name)
 

@@ -83,7 +83,8 @@ def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expecte
                              "one device")
         if _checks.STRICT and not _checks.is_compiling() and value.numel() and not bool(ok(value).all()):
             raise ValueError(f"{name} must be {expected} (every element of the {name} tensor)")
-        t = value.reshape(-1).expand(b).to(torch.int64 if integer else torch.float32)
+        want = torch.int64 if integer else torch.float32
+        t = value if value.dim() == 1 and value.dtype == want else value.reshape(-1).expand(b).to(want)
         return torch.clamp(t, *clamp), (0 if integer else 0.0)  # clamp also makes it a fresh contiguous tensor
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integer and not isinstance(value, numbers.Integral)):
         raise TypeError(f"{name} must be {'an int' if integer else 'a float'} or a (B,) tensor, got "
@@ -134,6 +135,8 @@ def _seeds(logits: Tensor, generator, seed, int_ok: bool = False):
         if seed.dim() > 1 or (seed.dim() == 1 and seed.shape[0] != b):
             raise ValueError(f"seed must be an int or an int64 tensor of shape (B,) = ({b},), got shape "
                              f"{tuple(seed.shape)}")
+        if seed.dim() == 1 and seed.dtype == torch.int64 and seed.device == logits.device and seed.is_contiguous():
+            return seed  # the common per-row form, as it is (the kernels only read it)
         return seed.to(device=logits.device, dtype=torch.int64).reshape(-1).expand(b).contiguous()
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int or an int64 (B,) tensor, got {type(seed).__name__}")
@@ -180,4 +183,6 @@ def top_k_top_p_filter(logits: Tensor, *, top_k=0, top_p=1.0, min_p=0.0, tempera
     (tt, t), (kt, k), (pt, p), (mt, m) = _checked_params(logits, temperature, top_k, top_p, min_p)
     chosen = _dispatch.select(backend, "sampling", "top_k_top_p_filter", "top_k_top_p_filter", logits.device,
                               logits.dtype)
+    if _dispatch.eager_kernel_call(chosen):  # no gradient, a fresh output: straight to the launcher
+        return chosen.kernels.top_k_top_p_filter(logits, tt, t, kt, k, pt, p, mt, m)
     return filter_op(logits, tt, t, kt, k, pt, p, mt, m, chosen.name)

@@ -38,6 +38,10 @@ def _row_inv_temperature(t: Tensor, x: Tensor, dim: int) -> Tensor:
 
 
 def _run_rows(fn, x: Tensor, other: Optional[Tensor], temperature: Optional[Tensor], temp: float, dim: int):
+    if (temperature is None and x.dim() == 2 and dim == 1 and x.is_contiguous()
+            and (other is None or other.is_contiguous())):
+        # The common call (rows of a contiguous matrix, one temperature): no view to make or undo.
+        return fn(x, None, 1.0 / temp) if other is None else fn(other, x, None, 1.0 / temp)
     x2, moved_shape = _rows(x, dim)
     args = (x2,) if other is None else (_rows(other, dim)[0], x2)
     inv_t = None if temperature is None else _row_inv_temperature(temperature, x, dim)
