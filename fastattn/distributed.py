@@ -71,9 +71,14 @@ class _Ring:
         self.prev = ranks[(self.rank - 1) % self.world]
         self.backend = str(dist.get_backend(group))
 
-    def comm_device(self, t: Tensor) -> torch.device:
-        """Where a small control tensor for a collective must live: the CPU for gloo, else t's device."""
-        return torch.device("cpu") if self.backend == "gloo" else t.device
+    def comm_device(self, t) -> torch.device:
+        """Where a small control tensor for a collective must live: the CPU for gloo, else t's device (the
+        current GPU when t is not a GPU tensor, e.g. a bad argument, so that NCCL can still carry the error)."""
+        if self.backend == "gloo":
+            return torch.device("cpu")
+        if isinstance(t, Tensor) and t.is_cuda:
+            return t.device
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
     def exchange(self, send: Sequence[Tensor], tag: int) -> Tuple[List[Tensor], list]:
         """Post sends of ``send`` to the next rank and receives of the same shapes from the previous one.
@@ -418,8 +423,9 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
     a host sync), so that a bad call raises on every rank; False skips that, and then a call that differs
     between ranks fails only by the group's timeout.
 
-    Differentiable in q, k and v (the backward runs the ring again, passing dK/dV round). Every rank of the group
-    must make the call, in the same order as its other collectives.
+    Differentiable in q, k and v (the backward runs the ring again, passing dK/dV round): when one rank runs
+    the backward, every rank of the group must. Every rank must make the call, in the same order as its other
+    collectives. Not traceable by torch.compile (the point-to-point messages); compile the layers around it.
     """
     ring = _Ring(group, "ring_attention")
     err: Optional[BaseException] = None
@@ -461,8 +467,7 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
     except (TypeError, ValueError, NotImplementedError, BackendUnavailable) as e:
         err = e
     if validate:
-        device = ring.comm_device(q if isinstance(q, Tensor) else torch.empty(0))
-        _agree(ring, device, "ring_attention", _SIG_NAMES, sig, err)
+        _agree(ring, ring.comm_device(q), "ring_attention", _SIG_NAMES, sig, err)
     elif err is not None:
         raise err
     out, lse = _RingAttention.apply(q, k, v, key_padding_mask, causal, scale, chosen.name, layout, ring)

@@ -38,14 +38,15 @@ GPU_WORLD = 2             # the NCCL cases need this many GPUs
 # ----------------------------------------------------------------------------------------------------------
 
 def _case(world, dtype="float64", causal=True, layout="zigzag", hq=4, hkv=2, kpm=True, backend="torch",
-          group="world", chunk=None, b=2, d=8, device="cpu"):
+          group="world", chunk=None, b=2, d=8, device="cpu", k_chunk=None):
     chunk = chunk or (5 if world == 2 else 3)            # odd chunk lengths
+    k_chunk = k_chunk or chunk                           # keys longer than queries: non-causal only
     n = 2 * world if layout == "zigzag" else world
     name = (f"{'' if device == 'cpu' else device + '-'}w{world}-{dtype}-{'causal' if causal else 'full'}-{layout}"
             f"-h{hq}kv{hkv}{'-kpm' if kpm else ''}-{backend}{'' if group == 'world' else '-' + group}"
-            f"{'' if device == 'cpu' else f'-s{n * chunk}d{d}'}")
+            f"{'' if device == 'cpu' else f'-s{n * chunk}d{d}'}{'' if k_chunk == chunk else f'-sk{n * k_chunk}'}")
     return dict(name=name, world=world, dtype=dtype, causal=causal, layout=layout, hq=hq, hkv=hkv, kpm=kpm,
-                backend=backend, group=group, b=b, s=n * chunk, d=d, device=device)
+                backend=backend, group=group, b=b, s=n * chunk, d=d, device=device, sk=n * k_chunk)
 
 
 def _cases(world):
@@ -57,6 +58,7 @@ def _cases(world):
     out.append(_case(world, causal=True, hq=4, hkv=1, kpm=True, layout="contiguous"))    # MQA
     out.append(_case(world, dtype="float32", causal=True, layout="zigzag"))
     out.append(_case(world, dtype="float32", causal=False, layout="contiguous", kpm=False))
+    out.append(_case(world, causal=False, layout="zigzag", k_chunk=7))                  # Sk != Sq
     if world == 2:  # the Triton kernels under the interpreter, one small case
         out.append(_case(world, dtype="float32", causal=True, layout="zigzag", hq=2, hkv=1, b=1, d=16,
                          backend="triton"))
@@ -132,15 +134,16 @@ def _run_case(spec, rank, world):
     dtype = DTYPE_NAMES[spec["dtype"]]
     dev = torch.device("cuda", rank) if spec["device"] == "cuda" else torch.device("cpu")
     group, members = _group_for(spec, rank, world)
-    b, hq, hkv, s, d = spec["b"], spec["hq"], spec["hkv"], spec["s"], spec["d"]
+    b, hq, hkv, s, sk, d = spec["b"], spec["hq"], spec["hkv"], spec["s"], spec["sk"], spec["d"]
     g = torch.Generator().manual_seed(1000 + members[0])           # the same whole tensors on a group's ranks
-    q64, k64, v64, do64 = (torch.randn(b, h, s, d, generator=g, dtype=torch.float64) for h in (hq, hkv, hkv, hq))
+    q64, k64, v64, do64 = (torch.randn(b, h, n, d, generator=g, dtype=torch.float64)
+                           for h, n in ((hq, s), (hkv, sk), (hkv, sk), (hq, s)))
     q, k, v, dout = (t.to(device=dev, dtype=dtype) for t in (q64, k64, v64, do64))
     kpm = None
     if spec["kpm"]:
-        kpm = torch.rand(b, s, generator=g) < 0.7
+        kpm = torch.rand(b, sk, generator=g) < 0.7
         n = 2 * len(members) if spec["layout"] == "zigzag" else len(members)
-        kpm[0, : s // n] = False   # a whole chunk of padding: fully masked blocks, and causal rows with no key
+        kpm[0, : sk // n] = False   # a whole chunk of padding: fully masked blocks, and causal rows with no key
         kpm = kpm.to(dev)
     causal, layout, backend = spec["causal"], spec["layout"], spec["backend"]
 
