@@ -23,10 +23,10 @@ __all__ = [
 
 
 def __getattr__(name):
-    """fastattn.nn, fastattn.models and fastattn.integrations load on first use (PEP 562), keeping the import of
-    fastattn light. fastattn.integrations.transformers is never loaded implicitly: importing it registers
-    "fastattn" with transformers."""
-    if name in ("nn", "models", "integrations"):
+    """fastattn.nn, fastattn.models, fastattn.distributed and fastattn.integrations load on first use (PEP 562),
+    keeping the import of fastattn light. fastattn.integrations.transformers is never loaded implicitly: importing
+    it registers "fastattn" with transformers."""
+    if name in ("nn", "models", "distributed", "integrations"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
