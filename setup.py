@@ -71,7 +71,9 @@ def nvcc_version(cuda_home: str) -> str | None:
     return match.group(1) if match else None
 
 
-REINSTALL = "pip install --no-build-isolation ."  # the command that builds the extension (add -e for editable)
+# The command that builds the extension: the editable form when this run builds an editable install (pip's last
+# call into setup.py, which writes the build record, names the command editable_wheel).
+REINSTALL = "pip install --no-build-isolation " + ("-e ." if "editable_wheel" in sys.argv else ".")
 
 
 def cuda_build_decision() -> tuple[bool, str, str | None]:
@@ -149,7 +151,8 @@ def outer_torch() -> tuple[str, str | None] | None:
         "spec = importlib.util.find_spec('torch')\n"
         "text = open(os.path.join(os.path.dirname(spec.origin), 'version.py')).read()\n"
         "cuda = re.search(r\"^cuda(?:: .*?)? = '([^']+)'\", text, re.M)\n"
-        "print(m.version('torch'), cuda.group(1) if cuda else '')\n"
+        "version = re.search(r\"^__version__ = '([^']+)'\", text, re.M)\n"
+        "print(version.group(1) if version else m.version('torch'), cuda.group(1) if cuda else '')\n"
     )
     try:
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
