@@ -122,8 +122,7 @@ def torch_missing_reason(error: ImportError) -> tuple[str, str]:
     extension built against it breaks against the user's own). The interpreter outside that environment may
     still have torch: ask it, without importing torch (torch/version.py is read as text).
     """
-    isolated = any("pip-build-env-" in p or "build-env-" in os.path.basename(os.path.dirname(p.rstrip(os.sep)))
-                   for p in sys.path if p)
+    isolated = any("build-env-" in p for p in sys.path if p)  # pip's pip-build-env-*, pypa/build's build-env-*
     outer = outer_torch()
     if outer is not None:
         version, cuda = outer
@@ -139,6 +138,12 @@ def torch_missing_reason(error: ImportError) -> tuple[str, str]:
             return reason + f"; nor is there an nvcc {nvcc_where(cuda_home)}", (
                 f"install the CUDA toolkit (or set CUDA_HOME), then run {REINSTALL}")
         return reason, REINSTALL
+    if any("pip-build-env-" in p for p in sys.path if p):  # pip: the outer interpreter was asked, it has none
+        return ("torch is not installed in this environment (nor could pip's isolated build environment import "
+                "it)", f"install torch first (pip install torch), then run {REINSTALL}")
+    if isolated:  # e.g. python -m build: its own interpreter, so torch cannot be looked for outside
+        return (f"the isolated build environment cannot import torch ({error})",
+                f"install torch if it is not installed, then run {REINSTALL}")
     return (f"torch is not importable at build time ({error})",
             f"install torch first (pip install torch), then run {REINSTALL}")
 

@@ -77,14 +77,17 @@ def _site_packages() -> list:
     return [p for p in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(p)]
 
 
-def _lend_packages(dest: str, leave_out: tuple) -> str:
-    """A folder of links to this interpreter's installed packages, without those named in leave_out."""
+def _lend_packages(dest: str, leave_out: tuple = (), only: tuple = ()) -> str:
+    """A folder of links to this interpreter's installed packages, without those named in leave_out (or with
+    only those named in only)."""
     folder = os.path.join(dest, "lent")
     os.makedirs(folder)
     for sp in _site_packages():
         for entry in os.listdir(sp):
             low = entry.lower()
-            if entry.endswith(".pth") or entry.startswith("__editable__") or low.startswith(leave_out):
+            if entry.endswith(".pth") or entry.startswith("__editable__") or low.startswith(leave_out or ("\0",)):
+                continue
+            if only and not (low in only or low.startswith(tuple(f"{o}-" for o in only))):
                 continue
             link = os.path.join(folder, entry)
             if not os.path.lexists(link):
@@ -144,20 +147,25 @@ print(json.dumps(out))
 """
 
 
+def _fresh_venv(tmp: str, lent: str):
+    """A new virtual environment (no pip of its own) that also sees the packages linked in ``lent``."""
+    env_dir = os.path.join(tmp, "venv")
+    venv.create(env_dir, with_pip=False, symlinks=True)
+    py = os.path.join(env_dir, "bin", "python")
+    purelib = _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp,
+                   _clean_env()).stdout.strip()
+    with open(os.path.join(purelib, "_fastattn_test_lent.pth"), "w") as f:
+        f.write(lent + "\n")  # a bare path: appended to sys.path after the venv's own site-packages
+    return py, purelib
+
+
 @pytest.fixture(scope="module")
 def plain_install(tmp_path_factory):
     """A fresh venv holding fastattn from a plain `pip install .` of a copy of this tree."""
     tmp = str(tmp_path_factory.mktemp("plain_install"))
     src = _copy_source(tmp)
     wheels = _wheelhouse(tmp, "setuptools", "numpy")
-    env_dir = os.path.join(tmp, "venv")
-    venv.create(env_dir, with_pip=False, symlinks=True)
-    py = os.path.join(env_dir, "bin", "python")
-    purelib = _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp,
-                   _clean_env()).stdout.strip()
-    lent = _lend_packages(tmp, leave_out=("fastattn", "numpy"))
-    with open(os.path.join(purelib, "_fastattn_test_lent.pth"), "w") as f:
-        f.write(lent + "\n")  # a bare path: appended to sys.path after the venv's own site-packages
+    py, purelib = _fresh_venv(tmp, _lend_packages(tmp, leave_out=("fastattn", "numpy")))
     # The install itself: build isolation on, as users type it. --no-deps because the lent packages are this
     # machine's, not always a set pip's resolver accepts (the dev environment pins triton 3.6 beside a torch
     # that asks for 3.8), so pip would try to "fix" them; the dependencies that fastattn's installed metadata
@@ -260,6 +268,19 @@ def test_isolated_build_records_its_reason(source_copy):
     assert rec["BUILT_CUDA"] is False and not rec["_has_ext"]
     assert rec["TORCH"] is None  # the isolated build could not import torch ...
     assert "isolated build" in rec["REASON"] and rec["FIX"] == REINSTALL, rec
+
+
+def test_isolated_build_without_any_torch(source_copy, tmp_path):
+    """An environment with no torch at all (pip only): the record says torch is missing and to install it."""
+    py, _ = _fresh_venv(str(tmp_path), _lend_packages(str(tmp_path), only=("pip",)))
+    out = str(tmp_path / "w_notorch")
+    res = _run([py, "-m", "pip", "wheel", "--no-deps", "--no-index", "--find-links", source_copy.wheels, "-w", out,
+                "."], source_copy.src, _clean_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    rec = _wheel_build_record(out)
+    assert rec["BUILT_CUDA"] is False and rec["TORCH"] is None, rec
+    assert rec["REASON"].startswith("torch is not installed in this environment"), rec
+    assert "install torch first" in rec["FIX"] and REINSTALL in rec["FIX"], rec
 
 
 def _setup_py_record(copy, **env) -> dict:
