@@ -25,7 +25,7 @@ HAS_PLUGIN = importlib.util.find_spec("pytest_benchmark") is not None
 def pytest_addoption(parser):
     group = parser.getgroup("fastattn-bench")
     group.addoption("--bench-full", action="store_true", default=False,
-                    help="fastattn: run the full plan (every ANCHORS.md shape) instead of the quick one")
+                    help="fastattn: run the full plan (every docs/benchmarks.md shape) instead of the quick one")
     group.addoption("--bench-op", action="append", default=None,
                     help="fastattn: sections to run (attention, decode, mask, softmax, sampling, e2e), repeatable")
 

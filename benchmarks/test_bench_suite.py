@@ -1,4 +1,4 @@
-"""Checks of the benchmark suite itself (no timing): the FLOP/byte formulas against ANCHORS.md's figures, the
+"""Checks of the benchmark suite itself (no timing): the FLOP/byte formulas against docs/benchmarks.md's figures, the
 plans, and the CPU command end to end on one small section. `pytest benchmarks/test_bench_suite.py`.
 (`--benchmark-only` skips these: they use no benchmark fixture.)"""
 from __future__ import annotations
@@ -17,7 +17,7 @@ def test_formulas_match_anchors():
     assert formulas.attention_fwd_flops(32, 16, 512, 512, 128) == 4 * 32 * 16 * 512 * 512 * 128
     assert formulas.attention_fwd_flops(1, 1, 8, 8, 4, causal=True) == 4 * 8 * 8 * 4 / 2
     assert formulas.attention_bwd_flops(2, 3, 5, 7, 11) == 2.5 * 4 * 2 * 3 * 5 * 7 * 11
-    # decode, B=1, 8 KV heads, KV 1k, D=128, bf16: 11.6 µs -> 361 GB/s (ANCHORS.md)
+    # decode, B=1, 8 KV heads, KV 1k, D=128, bf16: 11.6 µs -> 361 GB/s (docs/benchmarks.md)
     gbps = formulas.gbps(formulas.decode_bytes(1, 8, 1024, 128, 2), 11.6e-3)
     assert gbps == pytest.approx(361, rel=0.01)
     # softmax fp32 1x32k: 15.5 µs -> 17 GB/s; sampling floor 1x32k fp32 at 4252 GB/s: 0.03 µs

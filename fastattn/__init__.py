@@ -1,6 +1,6 @@
 """fastattn: hand-written Triton and CUDA C++ kernels for attention, softmax and sampling, as PyTorch ops.
 
-The public API (../shared/API.md in the project) is re-exported here. Importing fastattn touches no GPU.
+The public API (docs/api.md in the repository) is re-exported here. Importing fastattn touches no GPU.
 """
 from ._backend import BackendUnavailable, available_backends, use_backend
 from .ops.attention import attention, decode_attention, scaled_dot_product_attention

@@ -87,9 +87,30 @@ def _triton_status() -> "bool | str":
     except Exception as e:  # ImportError, or a broken install
         return f"triton is not importable ({e.__class__.__name__}: {e})"
     if triton_interpreted():
-        return True
+        return _interpreter_numpy_status()
     if not _has_gpu():
         return "no CUDA GPU (set TRITON_INTERPRET=1 before importing triton to run Triton kernels on the CPU)"
+    return True
+
+
+def _interpreter_numpy_status() -> "bool | str":
+    """The Triton interpreter runs kernels with NumPy: it must be importable, and Triton <= 3.6's interpreter
+    fails on NumPy >= 2.4 (TypeError: only 0-dimensional arrays can be converted to Python scalars; 3.7 and
+    3.8 work with it)."""
+    try:
+        import numpy
+    except Exception as e:
+        return (f"the Triton interpreter (TRITON_INTERPRET=1) needs numpy, which is not importable "
+                f"({e.__class__.__name__}: {e}): pip install numpy")
+    import triton
+
+    def major_minor(version: str) -> tuple:
+        parts = [int("".join(c for c in p if c.isdigit()) or 0) for p in version.split(".")[:2]]
+        return tuple(parts + [0] * (2 - len(parts)))
+
+    if major_minor(triton.__version__) <= (3, 6) and major_minor(numpy.__version__) >= (2, 4):
+        return (f"the Triton {triton.__version__} interpreter fails with numpy {numpy.__version__}: "
+                "pip install 'numpy<2.4' (or triton >= 3.7)")
     return True
 
 

@@ -16,7 +16,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-_NOT_BUILT = "extension not built (FASTATTN_BUILD_CUDA=0 or no nvcc at install)"
 _OPS = ("softmax_fwd_cuda",)  # every op csrc/binding.cpp defines; all must be present
 
 _status: "bool | str | None" = None
@@ -38,15 +37,54 @@ def _load() -> "bool | str":
         importlib.import_module("fastattn._C")
     except ModuleNotFoundError as e:
         if e.name == "fastattn._C":
-            return _NOT_BUILT
+            return not_built_reason()
         return f"fastattn._C failed to import: {e}"
     except (ImportError, OSError) as e:  # e.g. undefined symbol: built against another torch
-        return f"fastattn._C failed to load ({e.__class__.__name__}: {e}); rebuild it against this torch"
+        return (f"fastattn._C failed to load ({e.__class__.__name__}: {e}){_built_against()}; rebuild it against "
+                f"this torch: {_REINSTALL}")
     missing = [name for name in _OPS if not hasattr(torch.ops.fastattn, name)]
     if missing:
         return f"fastattn._C is loaded but lacks the ops {missing}: a stale build, reinstall fastattn"
     _register_fakes()
     return True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Why the extension is missing: the build record fastattn/_build_info.py, written by setup.py (git-ignored)
+# ----------------------------------------------------------------------------------------------------------
+_REINSTALL = "pip install --no-build-isolation ."
+
+
+def _build_info():
+    """The module setup.py wrote when this copy of fastattn was built, or None (never built: a bare checkout)."""
+    try:
+        from . import _build_info as info
+    except ImportError:
+        return None
+    return info
+
+
+def not_built_reason() -> str:
+    """Why fastattn._C is not there, as the build recorded it, with the command that builds it."""
+    info = _build_info()
+    if info is None:
+        return ("extension not built: this fastattn was never built by setup.py (a source checkout on the path, "
+                f"no fastattn/_build_info.py); to build it: {_REINSTALL} (add -e for an editable install)")
+    if getattr(info, "BUILT_CUDA", False):
+        return ("extension missing: setup.py chose to build fastattn._C, but the module is not installed (the "
+                f"build failed, or the file was removed); rebuild it: {_REINSTALL}")
+    reason = getattr(info, "REASON", None) or "no reason recorded"
+    fix = getattr(info, "FIX", None)
+    return f"extension not built at install: {reason}" + (f"; to build it: {fix}" if fix else "")
+
+
+def _built_against() -> str:
+    """' (built against torch X, this is torch Y)' when the build record names another torch, else ''."""
+    info = _build_info()
+    built = getattr(info, "TORCH", None) if info is not None else None
+    if built and built != torch.__version__:
+        return f" (built against torch {built}, this is torch {torch.__version__})"
+    return ""
 
 
 def _register_fakes() -> None:

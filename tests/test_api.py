@@ -1,4 +1,4 @@
-"""The public API of ../shared/API.md through the "torch" backend: contracts, gradients, bad input, backends."""
+"""The public API of docs/api.md through the "torch" backend: contracts, gradients, bad input, backends."""
 import math
 
 import pytest

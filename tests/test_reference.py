@@ -152,7 +152,7 @@ def test_softmax_backward_matches_autograd():
 
 
 def brute_force_filter(x, k, p, mp):
-    """Definitions of API.md applied token by token in float64."""
+    """Definitions of docs/api.md applied token by token in float64."""
     v = x.shape[0]
     keep = torch.ones(v, dtype=torch.bool)
     if k > 0:

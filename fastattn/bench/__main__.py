@@ -26,7 +26,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         description="Benchmark every fastattn op against every baseline on this GPU (correctness only on a CPU).")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a subset of the shapes, at most ~2 minutes on an H100")
-    mode.add_argument("--full", action="store_true", help="every ANCHORS.md shape (the default)")
+    mode.add_argument("--full", action="store_true", help="every docs/benchmarks.md shape (the default)")
     p.add_argument("--op", action="append", type=_csv(str), metavar="OPS",
                    help="sections to run, comma-separated: attention (attention_fwd, attention_bwd), decode, mask "
                         "(mask_fwd, mask_bwd), softmax, sampling, e2e")

@@ -1,7 +1,7 @@
 """Attention cases: forward and backward against every SDPA backend, and attention with masks and biases
 against SDPA with the same mask and against FlexAttention.
 
-Shapes follow ANCHORS.md: 16k tokens per batch (B = 16384 / S) and hidden 2048 (H = 2048 / D). Errors are
+Shapes follow docs/benchmarks.md: 16k tokens per batch (B = 16384 / S) and hidden 2048 (H = 2048 / D). Errors are
 measured on a slice (the last batch, the first and last heads), against fastattn.reference run in float64 in
 query chunks so that even S = 16k fits; heads and batches are independent, so the slice is exact.
 """

@@ -1,6 +1,6 @@
 """Decode cases: one query token per sequence against a full KV cache, against SDPA with enable_gqa.
 
-ANCHORS.md's shapes: 32 query heads, 8 KV heads, D = 128; B in {1, 16, 64}; KV length in {1k, 8k, 32k}.
+docs/benchmarks.md's shapes: 32 query heads, 8 KV heads, D = 128; B in {1, 16, 64}; KV length in {1k, 8k, 32k}.
 The figure of merit is GB/s of K + V read (formulas.decode_bytes) against the measured copy ceiling.
 """
 from __future__ import annotations

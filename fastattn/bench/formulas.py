@@ -1,6 +1,6 @@
 """The one place for the FLOP and byte counts behind every TFLOP/s and GB/s figure the suite reports.
 
-Conventions (as in ANCHORS.md and the FlashAttention papers):
+Conventions (as in docs/benchmarks.md and the FlashAttention papers):
 - attention forward = 4·B·H·Sq·Sk·D (two matmuls of 2·Sq·Sk·D each per head), halved when causal; backward =
   2.5× forward (five matmuls instead of two). Masks and biases do not change the count: a key-padding mask is
   counted dense, so a masked row compares directly with the unmasked one at the same shape.

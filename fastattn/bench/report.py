@@ -13,8 +13,8 @@ from .core import Case
 from .runner import SECTION_TITLES, Row, geomean
 from .timing import Ceilings
 
-# ANCHORS.md's ceilings, for information only: speedups are always against baselines measured in the same run.
-ANCHOR_CEILINGS = {"card": "H200 (ANCHORS.md, 2026-11-26)", "copy_gbps": 4252.0, "matmul_tflops": 687.0,
+# The H200 ceilings of docs/benchmarks.md, for information only: speedups are always against baselines measured in the same run.
+ANCHOR_CEILINGS = {"card": "H200 (docs/benchmarks.md, 2026-11-26)", "copy_gbps": 4252.0, "matmul_tflops": 687.0,
                    "h100_copy_gbps": "3000-3350"}
 ENV_COLUMNS = ("gpu", "driver", "torch", "triton", "cuda_runtime", "git_sha", "date")
 # The report reads from attention down; the run order (runner.SECTIONS) puts the cheap sections first instead.
@@ -133,7 +133,7 @@ def markdown(rows: List[Row], env: dict, ceilings: Ceilings, mode: str, command:
     else:
         L.append("## Ceilings measured at start")
         L.append("")
-        L.append("| ceiling | measured here | ANCHORS.md (H200, info only) |")
+        L.append("| ceiling | measured here | docs/benchmarks.md (H200, info only) |")
         L.append("|---|---|---|")
         L.append(f"| device-to-device copy (bytes read + written) | {_num(ceilings.copy_gbps, '{:.0f}')} GB/s | "
                  f"{ANCHOR_CEILINGS['copy_gbps']:.0f} GB/s (H100: ~3000-3350) |")

@@ -1,6 +1,6 @@
 """Softmax-with-temperature cases against torch.softmax(x / T), eager and torch.compile'd (static shapes).
 
-ANCHORS.md's shapes (rows × width): 1×32k, 64×32k, 256×128k, 4096×32k, 4096×128k, in fp32 and bf16, T = 0.8.
+docs/benchmarks.md's shapes (rows × width): 1×32k, 64×32k, 256×128k, 4096×32k, 4096×128k, in fp32 and bf16, T = 0.8.
 The figure of merit is GB/s of one read plus one write (formulas.softmax_bytes) against the copy ceiling.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Sort-free top-k / top-p / min-p sampling and filtering from logits (B, V): Triton kernel and launchers.
 
-Semantics (API.md, reference.top_k_top_p_filter / reference.sample): z = logits / T (T == 0: greedy argmax,
+Semantics (docs/api.md, reference.top_k_top_p_filter / reference.sample): z = logits / T (T == 0: greedy argmax,
 lowest index among ties); top-k keeps j iff fewer than k logits are strictly larger; top-p keeps j iff the
 mass, after top-k and renormalised, of the tokens strictly more probable than j is < top_p; min-p keeps j iff
 p_j >= min_p * max p; then one token is drawn. A row holding NaN, with no finite logit (all -inf) or with a
