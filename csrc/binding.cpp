@@ -8,6 +8,8 @@
 // torch/extension.h (which pulls in pybind11 and all of ATen); see csrc/README.md for the measured times.
 #include <Python.h>  // PyInit__C only; compiled against the limited API (py_limited_api=True in setup.py)
 
+#include <cmath>
+
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -18,6 +20,7 @@
 
 #include "common/dtype.h"
 #include "softmax/softmax_fwd.h"
+#include "testing/primitives_test.h"
 
 namespace fastattn {
 namespace {
@@ -84,16 +87,121 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
   return y;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Test kernels of the tensor-core and async-copy primitives (csrc/testing/primitives_test.h), called by
+// tests/test_cuda_primitives.py only. Outputs are filled with NaN before the kernel writes them.
+// ---------------------------------------------------------------------------------------------------------
+void check_test_tensor(const at::Tensor& t, const char* op, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(t.is_cuda(), "fastattn::", op, ": ", name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK(t.sizes() == shape && t.is_contiguous(), "fastattn::", op, ": ", name, " must be contiguous with shape ",
+              shape, ", got shape ", t.sizes(), " and strides ", t.strides());
+}
+
+DType mma_dtype(const at::Tensor& a, const at::Tensor& b, const char* op) {
+  TORCH_CHECK(a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16, "fastattn::", op,
+              ": a must be float16 or bfloat16, got ", a.scalar_type());
+  TORCH_CHECK(b.scalar_type() == a.scalar_type() && b.device() == a.device(), "fastattn::", op,
+              ": b must have a's dtype and device (", a.scalar_type(), ", ", a.device(), "), got ", b.scalar_type(),
+              ", ", b.device());
+  return to_dtype(a, op, "a");
+}
+
+void check_accumulator(const at::Tensor& c, const at::Tensor& a, const char* op, at::IntArrayRef shape) {
+  check_test_tensor(c, op, "c", shape);
+  TORCH_CHECK(c.scalar_type() == at::kFloat && c.device() == a.device(), "fastattn::", op,
+              ": c must be float32 on ", a.device(), ", got ", c.scalar_type(), " on ", c.device());
+}
+
+cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.get_device()).stream(); }
+
+// _test_mma_cuda(a (16, 16), b (16, 8), c (16, 8) f32) -> a @ b + c (16, 8) f32, one mma.m16n8k16.
+at::Tensor test_mma_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+  constexpr const char* op = "_test_mma_cuda";
+  check_test_tensor(a, op, "a", {16, 16});
+  check_test_tensor(b, op, "b", {16, 8});
+  const DType dtype = mma_dtype(a, b, op);
+  check_accumulator(c, a, op, {16, 8});
+  const c10::cuda::CUDAGuard guard(a.device());
+  at::Tensor d = at::empty({16, 8}, c.options()).fill_(NAN);
+  check_cuda(testing::mma_test(a.const_data_ptr(), b.const_data_ptr(), c.const_data_ptr<float>(),
+                               d.mutable_data_ptr<float>(), dtype, stream_of(a)),
+             op);
+  return d;
+}
+
+// _test_ldmatrix_cuda(a (16, 16), b (16, 16), c (16, 16) f32, a_mode, b_mode) -> a @ b + c (16, 16) f32,
+// the fragments loaded by ldmatrix in the given modes (csrc/testing/primitives_test.h).
+at::Tensor test_ldmatrix_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, int64_t a_mode,
+                              int64_t b_mode) {
+  constexpr const char* op = "_test_ldmatrix_cuda";
+  check_test_tensor(a, op, "a", {16, 16});
+  check_test_tensor(b, op, "b", {16, 16});
+  const DType dtype = mma_dtype(a, b, op);
+  check_accumulator(c, a, op, {16, 16});
+  TORCH_CHECK(0 <= a_mode && a_mode < testing::kLdmatrixModes && 0 <= b_mode && b_mode < testing::kLdmatrixModes,
+              "fastattn::", op, ": a_mode and b_mode must be in [0, ", testing::kLdmatrixModes, "), got ", a_mode,
+              " and ", b_mode);
+  const c10::cuda::CUDAGuard guard(a.device());
+  at::Tensor d = at::empty({16, 16}, c.options()).fill_(NAN);
+  check_cuda(testing::ldmatrix_test(a.const_data_ptr(), b.const_data_ptr(), c.const_data_ptr<float>(),
+                                    d.mutable_data_ptr<float>(), dtype, static_cast<int>(a_mode),
+                                    static_cast<int>(b_mode), stream_of(a)),
+             op);
+  return d;
+}
+
+// _test_cp_async_cuda(src (4, 64 * bytes / 4) f32, bytes, planted_missing_wait) -> (6, 64 * bytes / 4) f32.
+at::Tensor test_cp_async_cuda(const at::Tensor& src, int64_t bytes, bool planted_missing_wait) {
+  constexpr const char* op = "_test_cp_async_cuda";
+  TORCH_CHECK(bytes == 4 || bytes == 8 || bytes == 16, "fastattn::", op, ": bytes must be 4, 8 or 16, got ", bytes);
+  check_test_tensor(src, op, "src", {4, 64 * bytes / 4});
+  TORCH_CHECK(src.scalar_type() == at::kFloat, "fastattn::", op, ": src must be float32, got ", src.scalar_type());
+  const c10::cuda::CUDAGuard guard(src.device());
+  at::Tensor out = at::empty({6, 64 * bytes / 4}, src.options()).fill_(NAN);
+  check_cuda(testing::cp_async_test(src.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+                                    static_cast<int>(bytes), planted_missing_wait, stream_of(src)),
+             op);
+  return out;
+}
+
+// _test_gemm_cuda(a (m, k), b (k, n), planted_missing_wait) -> a @ b (m, n) f32; m, n multiples of 64, k of 32.
+at::Tensor test_gemm_cuda(const at::Tensor& a, const at::Tensor& b, bool planted_missing_wait) {
+  constexpr const char* op = "_test_gemm_cuda";
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "fastattn::", op,
+              ": a and b must be (m, k) and (k, n), got shapes ", a.sizes(), " and ", b.sizes());
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  TORCH_CHECK(m % 64 == 0 && n % 64 == 0 && k % 32 == 0 && k > 0, "fastattn::", op,
+              ": m and n must be multiples of 64 and k a positive multiple of 32, got m=", m, " n=", n, " k=", k);
+  check_test_tensor(a, op, "a", {m, k});
+  check_test_tensor(b, op, "b", {k, n});
+  const DType dtype = mma_dtype(a, b, op);
+  const c10::cuda::CUDAGuard guard(a.device());
+  at::Tensor c = at::empty({m, n}, a.options().dtype(at::kFloat)).fill_(NAN);
+  check_cuda(testing::gemm_test(a.const_data_ptr(), b.const_data_ptr(), c.mutable_data_ptr<float>(), m, n, k, dtype,
+                                planted_missing_wait, stream_of(a)),
+             op);
+  return c;
+}
+
 }  // namespace
 }  // namespace fastattn
 
 TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.set_python_module("fastattn._cuda");  // where the fake kernels live (torch checks register_fake's caller)
   m.def("softmax_fwd_cuda(Tensor x, Tensor? inv_temperature, float inv_temp) -> Tensor");
+  // Test kernels of the primitives (tests/test_cuda_primitives.py); no fake kernels, not for tracing.
+  m.def("_test_mma_cuda(Tensor a, Tensor b, Tensor c) -> Tensor");
+  m.def("_test_ldmatrix_cuda(Tensor a, Tensor b, Tensor c, int a_mode, int b_mode) -> Tensor");
+  m.def("_test_cp_async_cuda(Tensor src, int bytes, bool planted_missing_wait) -> Tensor");
+  m.def("_test_gemm_cuda(Tensor a, Tensor b, bool planted_missing_wait) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastattn, CUDA, m) {
   m.impl("softmax_fwd_cuda", &fastattn::softmax_fwd_cuda);
+  m.impl("_test_mma_cuda", &fastattn::test_mma_cuda);
+  m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);
+  m.impl("_test_cp_async_cuda", &fastattn::test_cp_async_cuda);
+  m.impl("_test_gemm_cuda", &fastattn::test_gemm_cuda);
 }
 
 // `import fastattn._C` loads this shared object, which runs the static registrations above. The module itself
