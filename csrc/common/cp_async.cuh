@@ -25,9 +25,7 @@
 #error "fastattn's async-copy primitives (csrc/common/cp_async.cuh) need sm_80 or newer: set TORCH_CUDA_ARCH_LIST to 8.0 or above"
 #endif
 
-#if !defined(__CUDA_ARCH__) && defined(FASTATTN_EMULATE)
-#include <cstdio>
-#include <cstdlib>
+#if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -38,7 +36,7 @@
 namespace fastattn {
 namespace detail {
 
-#if !defined(__CUDA_ARCH__) && defined(FASTATTN_EMULATE)
+#if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
 // The emulated thread's pending copies live behind fastattn_emu::thread_slot(kCpAsyncSlot).
 constexpr int kCpAsyncSlot = 0;
 
@@ -79,9 +77,7 @@ inline CpAsyncState& cp_async_state() {
 }
 
 [[noreturn]] inline void cp_async_fail(const char* what, int bytes, const void* dst, const void* src) {
-  std::fprintf(stderr, "fastattn emulation: cp.async of %d bytes: %s (dst %p, src %p)\n", bytes, what, dst, src);
-  std::fflush(stderr);
-  std::abort();
+  fastattn_emu::fail("cp.async of %d bytes: %s (dst %p, src %p)", bytes, what, dst, src);
 }
 
 template <int Bytes>

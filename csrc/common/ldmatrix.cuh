@@ -22,7 +22,7 @@
 #error "fastattn's tensor-core primitives (csrc/common/ldmatrix.cuh) need sm_80 or newer: set TORCH_CUDA_ARCH_LIST to 8.0 or above"
 #endif
 
-#if !defined(__CUDA_ARCH__) && defined(FASTATTN_EMULATE)
+#if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
 #include "common/warp_matrix_emu.h"
 #include "emu/emu.h"
 #endif
@@ -30,7 +30,7 @@
 namespace fastattn {
 namespace detail {
 
-#if !defined(__CUDA_ARCH__) && defined(FASTATTN_EMULATE)
+#if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
 template <int Num, bool Trans>
 inline void ldmatrix_emulated(uint32_t (&r)[Num], const void* row) {
   static constexpr const char* kWhat[2][3] = {
@@ -42,7 +42,9 @@ inline void ldmatrix_emulated(uint32_t (&r)[Num], const void* row) {
   addrs[lane] = row;
   fastattn_emu::warp_sync_point(0xffffffffu, what);  // every lane has given its row address
   uint32_t out[Num];
-  emu_matrix::ldmatrix_lane(addrs, Num, Trans, lane, out);
+  const int bad = emu_matrix::ldmatrix_lane(addrs, Num, Trans, lane, out);
+  if (bad >= 0)
+    fastattn_emu::fail("%s: the row address %p of lane %d is not 16-byte aligned", what, addrs[bad], bad);
   fastattn_emu::warp_sync_point(0xffffffffu, what);  // every lane has read; the scratch area is free again
   for (int j = 0; j < Num; ++j) r[j] = out[j];
 }

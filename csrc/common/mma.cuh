@@ -22,7 +22,7 @@
 #error "fastattn's tensor-core primitives (csrc/common/mma.cuh) need sm_80 or newer: set TORCH_CUDA_ARCH_LIST to 8.0 or above"
 #endif
 
-#if !defined(__CUDA_ARCH__) && defined(FASTATTN_EMULATE)
+#if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
 #include "common/warp_matrix_emu.h"
 #include "emu/emu.h"
 #endif

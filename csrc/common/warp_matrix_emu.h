@@ -11,8 +11,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 
 #include "common/fragment_layout.h"
@@ -87,30 +85,25 @@ inline void mma_m16n8k16_lane(const MmaDeposit* all, int lane, Elem elem, float 
   }
 }
 
-[[noreturn]] inline void fail(const char* what, int lane, const void* addr) {
-  std::fprintf(stderr, "fastattn emulation: %s (lane %d, address %p)\n", what, lane, addr);
-  std::fflush(stderr);
-  std::abort();
-}
-
 // Registers 0..num-1 of `lane` for ldmatrix.m8n8.x{num}{.trans}.b16, the row addresses of all 32 lanes
 // given in `addr` (only lanes 0 .. 8 * num - 1 are read, as on the hardware). Each row address must be
-// 16-byte aligned.
-inline void ldmatrix_lane(const void* const* addr, int num, bool trans, int lane, uint32_t* out) {
+// 16-byte aligned: returns -1, or the first lane whose (used) address is not, in which case `out` is unset.
+inline int ldmatrix_lane(const void* const* addr, int num, bool trans, int lane, uint32_t* out) {
+  for (int l = 0; l < 8 * num; ++l)
+    if (reinterpret_cast<uintptr_t>(addr[l]) % 16 != 0) return l;
   for (int j = 0; j < num; ++j) {
     uint32_t reg = 0;
     for (int h = 0; h < 2; ++h) {
       const frag::RowCol rc = frag::ldmatrix_element(lane, h, trans);
       const int src_lane = frag::ldmatrix_address_lane(j, rc.row);
       const unsigned char* row = static_cast<const unsigned char*>(addr[src_lane]);
-      if (reinterpret_cast<uintptr_t>(row) % 16 != 0)
-        fail("ldmatrix: a row address is not 16-byte aligned", src_lane, row);
       uint16_t v;
       std::memcpy(&v, row + 2 * rc.col, 2);
       reg |= static_cast<uint32_t>(v) << (16 * h);
     }
     out[j] = reg;
   }
+  return -1;
 }
 
 }  // namespace emu_matrix

@@ -10,6 +10,7 @@
 
 #include "common/cp_async.cuh"
 #include "common/fragment_layout.h"
+#include "common/launch.cuh"
 #include "common/ldmatrix.cuh"
 #include "common/mma.cuh"
 #include "testing/primitives_test.h"
@@ -109,10 +110,10 @@ __device__ __forceinline__ void load_by_mode(uint32_t (&out)[4], int mode, const
 template <typename T>
 __global__ void __launch_bounds__(32)
     ldmatrix_test_kernel(const T* a, const T* b, const float* c, float* d, int a_mode, int b_mode) {
-  __shared__ alignas(16) uint16_t sa[16 * kStride];   // A, row-major (M x K)
-  __shared__ alignas(16) uint16_t sat[16 * kStride];  // A transposed (K x M)
-  __shared__ alignas(16) uint16_t sb[16 * kStride];   // B, row-major (K x N)
-  __shared__ alignas(16) uint16_t sbt[16 * kStride];  // B transposed (N x K)
+  __shared__ __align__(16) uint16_t sa[16 * kStride];   // A, row-major (M x K)
+  __shared__ __align__(16) uint16_t sat[16 * kStride];  // A transposed (K x M)
+  __shared__ __align__(16) uint16_t sb[16 * kStride];   // B, row-major (K x N)
+  __shared__ __align__(16) uint16_t sbt[16 * kStride];  // B transposed (N x K)
   const int lane = threadIdx.x;
   const uint16_t* a16 = reinterpret_cast<const uint16_t*>(a);
   const uint16_t* b16 = reinterpret_cast<const uint16_t*>(b);
@@ -155,7 +156,7 @@ constexpr int kCpThreads = 64;
 template <int Bytes>
 __global__ void __launch_bounds__(kCpThreads) cp_async_test_kernel(const float* src, float* out, bool planted) {
   constexpr int kFloats = Bytes / 4;
-  __shared__ alignas(16) float buf[3][kCpThreads * kFloats];
+  __shared__ __align__(16) float buf[3][kCpThreads * kFloats];
   const int i = threadIdx.x;
   const int partner = kCpThreads - 1 - i;
   for (int s = 0; s < 3; ++s)
@@ -172,18 +173,22 @@ __global__ void __launch_bounds__(kCpThreads) cp_async_test_kernel(const float* 
   cp_async_zfill<Bytes>(&buf[2][i * kFloats], src_at(2), 4 * (i % (kFloats + 1)));
   cp_async_commit_group();
 
+  // Each read is followed by a barrier, so no thread's next wait (which lands its copies) runs before every
+  // thread has read.
   cp_async_wait_group<2>();
   __syncthreads();
   read(0, 0);
   read(4, 1);
+  __syncthreads();
   if (!planted) cp_async_wait_group<1>();
   __syncthreads();
   read(1, 1);
   read(5, 2);
+  __syncthreads();
   cp_async_wait_group<0>();
   __syncthreads();
   read(2, 2);
-  __syncthreads();  // every read of buffer 0 is done before the fourth copy overwrites it
+  __syncthreads();  // also: every read of buffer 0 is done before the fourth copy overwrites it
   cp_async<Bytes>(&buf[0][i * kFloats], src_at(3));
   cp_async_wait_all();
   __syncthreads();
@@ -207,8 +212,8 @@ template <typename T>
 __global__ void __launch_bounds__(kGemmThreads)
     gemm_test_kernel(const T* __restrict__ a, const T* __restrict__ b, float* __restrict__ c, int64_t n, int64_t k,
                      bool planted) {
-  __shared__ alignas(16) T sa[2][kBM * kSA];  // (64, 32) tile of a per stage
-  __shared__ alignas(16) T sb[2][kBK * kSB];  // (32, 64) tile of b per stage
+  __shared__ __align__(16) T sa[2][kBM * kSA];  // (64, 32) tile of a per stage
+  __shared__ __align__(16) T sb[2][kBK * kSB];  // (32, 64) tile of b per stage
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp >> 1, wn = warp & 1;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kBM, col0 = static_cast<int64_t>(blockIdx.x) * kBN;
@@ -290,10 +295,11 @@ bool is_mma_dtype(DType dtype) { return dtype == DType::kFloat16 || dtype == DTy
 
 cudaError_t mma_test(const void* a, const void* b, const float* c, float* d, DType dtype, cudaStream_t stream) {
   if (dtype == DType::kFloat16) {
-    mma_test_kernel<__half><<<1, 32, 0, stream>>>(static_cast<const __half*>(a), static_cast<const __half*>(b), c, d);
+    FASTATTN_LAUNCH((mma_test_kernel<__half>), 1, 32, 0, stream, static_cast<const __half*>(a),
+                    static_cast<const __half*>(b), c, d);
   } else if (dtype == DType::kBFloat16) {
-    mma_test_kernel<__nv_bfloat16><<<1, 32, 0, stream>>>(static_cast<const __nv_bfloat16*>(a),
-                                                          static_cast<const __nv_bfloat16*>(b), c, d);
+    FASTATTN_LAUNCH((mma_test_kernel<__nv_bfloat16>), 1, 32, 0, stream, static_cast<const __nv_bfloat16*>(a),
+                    static_cast<const __nv_bfloat16*>(b), c, d);
   } else {
     return cudaErrorInvalidValue;
   }
@@ -304,12 +310,11 @@ cudaError_t ldmatrix_test(const void* a, const void* b, const float* c, float* d
                           int b_mode, cudaStream_t stream) {
   if (a_mode < 0 || a_mode >= kLdmatrixModes || b_mode < 0 || b_mode >= kLdmatrixModes) return cudaErrorInvalidValue;
   if (dtype == DType::kFloat16) {
-    ldmatrix_test_kernel<__half><<<1, 32, 0, stream>>>(static_cast<const __half*>(a), static_cast<const __half*>(b),
-                                                        c, d, a_mode, b_mode);
+    FASTATTN_LAUNCH((ldmatrix_test_kernel<__half>), 1, 32, 0, stream, static_cast<const __half*>(a),
+                    static_cast<const __half*>(b), c, d, a_mode, b_mode);
   } else if (dtype == DType::kBFloat16) {
-    ldmatrix_test_kernel<__nv_bfloat16><<<1, 32, 0, stream>>>(static_cast<const __nv_bfloat16*>(a),
-                                                               static_cast<const __nv_bfloat16*>(b), c, d, a_mode,
-                                                               b_mode);
+    FASTATTN_LAUNCH((ldmatrix_test_kernel<__nv_bfloat16>), 1, 32, 0, stream, static_cast<const __nv_bfloat16*>(a),
+                    static_cast<const __nv_bfloat16*>(b), c, d, a_mode, b_mode);
   } else {
     return cudaErrorInvalidValue;
   }
@@ -319,13 +324,13 @@ cudaError_t ldmatrix_test(const void* a, const void* b, const float* c, float* d
 cudaError_t cp_async_test(const float* src, float* out, int bytes, bool planted_missing_wait, cudaStream_t stream) {
   switch (bytes) {
     case 4:
-      cp_async_test_kernel<4><<<1, kCpThreads, 0, stream>>>(src, out, planted_missing_wait);
+      FASTATTN_LAUNCH((cp_async_test_kernel<4>), 1, kCpThreads, 0, stream, src, out, planted_missing_wait);
       break;
     case 8:
-      cp_async_test_kernel<8><<<1, kCpThreads, 0, stream>>>(src, out, planted_missing_wait);
+      FASTATTN_LAUNCH((cp_async_test_kernel<8>), 1, kCpThreads, 0, stream, src, out, planted_missing_wait);
       break;
     case 16:
-      cp_async_test_kernel<16><<<1, kCpThreads, 0, stream>>>(src, out, planted_missing_wait);
+      FASTATTN_LAUNCH((cp_async_test_kernel<16>), 1, kCpThreads, 0, stream, src, out, planted_missing_wait);
       break;
     default:
       return cudaErrorInvalidValue;
@@ -340,13 +345,12 @@ cudaError_t gemm_test(const void* a, const void* b, float* c, int64_t m, int64_t
   if (m == 0 || n == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(n / kBN), static_cast<unsigned>(m / kBM));
   if (dtype == DType::kFloat16) {
-    gemm_test_kernel<__half><<<grid, kGemmThreads, 0, stream>>>(static_cast<const __half*>(a),
-                                                                 static_cast<const __half*>(b), c, n, k,
-                                                                 planted_missing_wait);
+    FASTATTN_LAUNCH((gemm_test_kernel<__half>), grid, kGemmThreads, 0, stream, static_cast<const __half*>(a),
+                    static_cast<const __half*>(b), c, n, k, planted_missing_wait);
   } else {
-    gemm_test_kernel<__nv_bfloat16><<<grid, kGemmThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(a),
-                                                                        static_cast<const __nv_bfloat16*>(b), c, n,
-                                                                        k, planted_missing_wait);
+    FASTATTN_LAUNCH((gemm_test_kernel<__nv_bfloat16>), grid, kGemmThreads, 0, stream,
+                    static_cast<const __nv_bfloat16*>(a), static_cast<const __nv_bfloat16*>(b), c, n, k,
+                    planted_missing_wait);
   }
   return cudaGetLastError();
 }

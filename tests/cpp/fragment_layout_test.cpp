@@ -234,7 +234,13 @@ template <typename AddrOf>
 static void run_ldmatrix(int num, bool trans, AddrOf addr_of, uint32_t (&regs)[32][4]) {
   const void* addr[32];
   for (int l = 0; l < 32; ++l) addr[l] = l < 8 * num ? addr_of(l) : nullptr;
-  for (int l = 0; l < 32; ++l) emu::ldmatrix_lane(addr, num, trans, l, regs[l]);
+  for (int l = 0; l < 32; ++l) CHECK(emu::ldmatrix_lane(addr, num, trans, l, regs[l]) == -1, "aligned rows");
+  // A misaligned row address of a lane the instruction reads is reported; one of an ignored lane is not.
+  const void* saved = addr[8 * num - 1];
+  addr[8 * num - 1] = static_cast<const char*>(saved) + 2;
+  uint32_t scratch[4];
+  CHECK(emu::ldmatrix_lane(addr, num, trans, 0, scratch) == 8 * num - 1, "misaligned row address reported");
+  addr[8 * num - 1] = saved;
 }
 
 static void test_ldmatrix() {
