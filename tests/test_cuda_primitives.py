@@ -29,7 +29,14 @@ SENTINEL = -12345.0  # kCpAsyncSentinel in csrc/testing/primitives_test.h
 CP_THREADS = 64
 LDMATRIX_MODES = {0: "x4", 1: "x2", 2: "x1", 3: "x4.trans", 4: "x2.trans", 5: "x1.trans"}
 
-kernels = pytest.mark.cuda_ext  # runs on the GPU build and on the emulated build
+
+
+def kernels(fn):
+    """Runs the test kernels: on the GPU build (needs a GPU) or, under FASTATTN_CUDA_EMULATE=1, the emulated one."""
+    fn = pytest.mark.cuda_ext(fn)
+    return fn if EMULATED else pytest.mark.gpu(fn)
+
+
 emulation_only = pytest.mark.skipif(
     not EMULATED, reason="what a missing wait reads is unspecified on hardware; only the emulation promises it"
 )

@@ -219,13 +219,18 @@ __global__ void __launch_bounds__(kGemmThreads)
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kBM, col0 = static_cast<int64_t>(blockIdx.x) * kBN;
   const int64_t k_tiles = k / kBK;
 
+  // 16-byte copies (8 elements); a fixed count per thread, so the loops unroll completely.
+  constexpr int kCopiesA = kBM * kBK / 8 / kGemmThreads, kCopiesB = kBK * kBN / 8 / kGemmThreads;
+  static_assert(kCopiesA * kGemmThreads * 8 == kBM * kBK && kCopiesB * kGemmThreads * 8 == kBK * kBN, "tiling");
   auto load_tile = [&](int stage, int64_t kt) {
-    for (int q = tid; q < kBM * kBK / 8; q += kGemmThreads) {  // 8 elements = 16 bytes per copy
-      const int r = q / (kBK / 8), cc = q % (kBK / 8);
+#pragma unroll
+    for (int i = 0; i < kCopiesA; ++i) {
+      const int q = tid + i * kGemmThreads, r = q / (kBK / 8), cc = q % (kBK / 8);
       cp_async_16(&sa[stage][r * kSA + cc * 8], a + (row0 + r) * k + kt * kBK + cc * 8);
     }
-    for (int q = tid; q < kBK * kBN / 8; q += kGemmThreads) {
-      const int r = q / (kBN / 8), cc = q % (kBN / 8);
+#pragma unroll
+    for (int i = 0; i < kCopiesB; ++i) {
+      const int q = tid + i * kGemmThreads, r = q / (kBN / 8), cc = q % (kBN / 8);
       cp_async_16(&sb[stage][r * kSB + cc * 8], b + (kt * kBK + r) * n + col0 + cc * 8);
     }
   };
