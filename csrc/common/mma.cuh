@@ -5,8 +5,9 @@
 // same element type (it is .sync.aligned); d may alias c.
 //
 // nvcc device code: inline PTX, sm_80 or newer. Host compiler with FASTATTN_EMULATE: every lane deposits its
-// fragments in the warp's scratch area, the warp meets, each lane computes its own D fragment from all 32
-// lanes' inputs (csrc/common/warp_matrix_emu.h), and the warp meets again before the area is reused.
+// fragments in the warp's scratch area, the warp meets, the first lane past the meeting computes every lane's
+// D fragment from all 32 lanes' inputs (csrc/common/warp_matrix_emu.h), each lane takes its own, and the warp
+// meets again before the area is reused.
 #pragma once
 
 #include <cstdint>
@@ -56,15 +57,21 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[
 #elif defined(FASTATTN_EMULATE)
   constexpr bool kF16 = std::is_same_v<T, __half>;
   constexpr const char* what = kF16 ? "mma.sync.m16n8k16.f16" : "mma.sync.m16n8k16.bf16";
-  auto* deposits = static_cast<emu_matrix::MmaDeposit*>(fastattn_emu::warp_scratch());
+  auto* scratch = static_cast<emu_matrix::MmaScratch*>(fastattn_emu::warp_scratch());
+  static_assert(sizeof(emu_matrix::MmaScratch) <= fastattn_emu::kWarpScratchBytes, "warp scratch too small");
   const int lane = fastattn_emu::lane_id();
-  emu_matrix::MmaDeposit& mine = deposits[lane];
+  scratch->done = 0;
+  emu_matrix::MmaDeposit& mine = scratch->in[lane];
   for (int i = 0; i < 4; ++i) mine.a[i] = a[i];
   for (int i = 0; i < 2; ++i) mine.b[i] = b[i];
   for (int i = 0; i < 4; ++i) mine.c[i] = c[i];
   fastattn_emu::warp_sync_point(0xffffffffu, what);  // every lane has deposited
+  if (!scratch->done) {
+    emu_matrix::mma_m16n8k16_warp(scratch->in, kF16 ? emu_matrix::Elem::kF16 : emu_matrix::Elem::kBF16, scratch->d);
+    scratch->done = 1;
+  }
   float out[4];
-  emu_matrix::mma_m16n8k16_lane(deposits, lane, kF16 ? emu_matrix::Elem::kF16 : emu_matrix::Elem::kBF16, out);
+  for (int i = 0; i < 4; ++i) out[i] = scratch->d[lane][i];
   fastattn_emu::warp_sync_point(0xffffffffu, what);  // every lane has read; the scratch area is free again
   for (int i = 0; i < 4; ++i) d[i] = out[i];
 #else

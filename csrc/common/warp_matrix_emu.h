@@ -62,9 +62,9 @@ struct MmaDeposit {
   float c[4];
 };
 
-// D fragment of `lane` for D = A * B + C, the fragments of all 32 lanes given in `all`.
-inline void mma_m16n8k16_lane(const MmaDeposit* all, int lane, Elem elem, float (&d)[4]) {
-  float a[16][16], b[16][8];
+// D fragments of all 32 lanes for D = A * B + C, the A, B, C fragments of all 32 lanes given in `all`.
+inline void mma_m16n8k16_warp(const MmaDeposit* all, Elem elem, float (*d)[4]) {
+  double a[16][16], b[16][8];
   for (int l = 0; l < frag::kWarpSize; ++l) {
     for (int r = 0; r < 4; ++r)
       for (int h = 0; h < 2; ++h) {
@@ -77,13 +77,23 @@ inline void mma_m16n8k16_lane(const MmaDeposit* all, int lane, Elem elem, float 
         b[kn.row][kn.col] = elem_to_float(reg_half(all[l].b[r], h), elem);
       }
   }
-  for (int i = 0; i < 4; ++i) {
-    const frag::RowCol rc = frag::mma_c(lane, i);
-    double acc = static_cast<double>(all[lane].c[i]);
-    for (int k = 0; k < 16; ++k) acc += static_cast<double>(a[rc.row][k]) * static_cast<double>(b[k][rc.col]);
-    d[i] = static_cast<float>(acc);
-  }
+  for (int l = 0; l < frag::kWarpSize; ++l)
+    for (int i = 0; i < 4; ++i) {
+      const frag::RowCol rc = frag::mma_c(l, i);
+      double acc = static_cast<double>(all[l].c[i]);
+      for (int k = 0; k < 16; ++k) acc += a[rc.row][k] * b[k][rc.col];
+      d[l][i] = static_cast<float>(acc);
+    }
 }
+
+// The warp's scratch area during an emulated mma: every lane's inputs, then every lane's D, computed once by
+// the first lane past the rendezvous (`done` is cleared by each lane before it deposits: no lane can still be
+// reading the previous results then, since all passed the closing rendezvous of the previous mma).
+struct MmaScratch {
+  MmaDeposit in[frag::kWarpSize];
+  float d[frag::kWarpSize][4];
+  int done;
+};
 
 // Registers 0..num-1 of `lane` for ldmatrix.m8n8.x{num}{.trans}.b16, the row addresses of all 32 lanes
 // given in `addr` (only lanes 0 .. 8 * num - 1 are read, as on the hardware). Each row address must be

@@ -165,11 +165,10 @@ static void run_mma_case(emu::Elem e, const float (&af)[16][16], const float (&b
   float d[16][8];
   for (int i = 0; i < 16; ++i)
     for (int j = 0; j < 8; ++j) d[i][j] = NAN;
-  for (int l = 0; l < 32; ++l) {
-    float out[4];
-    emu::mma_m16n8k16_lane(dep, l, e, out);
-    for (int i = 0; i < 4; ++i) d[frag::mma_c(l, i).row][frag::mma_c(l, i).col] = out[i];
-  }
+  float out[32][4];
+  emu::mma_m16n8k16_warp(dep, e, out);
+  for (int l = 0; l < 32; ++l)
+    for (int i = 0; i < 4; ++i) d[frag::mma_c(l, i).row][frag::mma_c(l, i).col] = out[l][i];
   int bad = 0;
   for (int i = 0; i < 16; ++i)
     for (int j = 0; j < 8; ++j) {
