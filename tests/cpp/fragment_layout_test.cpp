@@ -23,6 +23,7 @@
 #include <cuda_fp16.h>
 
 #include "common/fragment_layout.h"
+#include "common/mma.cuh"  // pack2 / load_pair only (host-callable); mma itself needs a device or the emulation
 #include "common/warp_matrix_emu.h"
 
 using fastattn::frag::RowCol;
@@ -296,8 +297,26 @@ static void test_ldmatrix() {
   }
 }
 
+// pack2<T>(lo, hi): round to nearest even, lo in the low half (the lower column / k of the fragment pair).
+static void test_pack2() {
+  CHECK(fastattn::pack2<__half>(1.0f, -2.0f) == 0xC0003C00u, "pack2<__half>(1, -2) = 0x%08x",
+        fastattn::pack2<__half>(1.0f, -2.0f));
+  CHECK(fastattn::pack2<__nv_bfloat16>(1.0f, -2.0f) == 0xC0003F80u, "pack2<bf16>(1, -2) = 0x%08x",
+        fastattn::pack2<__nv_bfloat16>(1.0f, -2.0f));
+  // Ties to even: 1 + 2^-11 is halfway between f16 1 and its successor, 1 + 2^-8 between bf16 1 and its.
+  CHECK(fastattn::pack2<__half>(1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f) == ((0x3C02u << 16) | 0x3C00u), "f16 ties");
+  CHECK(fastattn::pack2<__nv_bfloat16>(1.0f + 0x1p-8f, 0.0f) == 0x3F80u, "bf16 ties");
+  const uint16_t pair[2] = {0x1234, 0xABCD};
+  __half_raw raw[2];
+  raw[0].x = pair[0];
+  raw[1].x = pair[1];
+  alignas(4) const __half h[2] = {__half(raw[0]), __half(raw[1])};
+  CHECK(fastattn::load_pair(h) == 0xABCD1234u, "load_pair puts p[0] in the low half");
+}
+
 int main() {
   test_spot_values();
+  test_pack2();
   test_coverage();
   test_conversions();
   test_mma();
