@@ -6,15 +6,22 @@
 //
 // Header choice: torch/library.h + per-operator ATen headers + c10/cuda compile several times faster than
 // torch/extension.h (which pulls in pybind11 and all of ATen); see csrc/README.md for the measured times.
+//
+// The emulated build (csrc/emu, fastattn/_emu.py) compiles this same file with -DFASTATTN_EMULATE: the ops then
+// take CPU tensors and are registered for the CPU dispatch key; the kernels run through the emulator.
+#if !defined(FASTATTN_EMULATE)
 #include <Python.h>  // PyInit__C only; compiled against the limited API (py_limited_api=True in setup.py)
+#endif
 
 #include <cmath>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <torch/library.h>
+#if !defined(FASTATTN_EMULATE)
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#endif
 
 #include <cuda_runtime_api.h>
 
@@ -24,6 +31,23 @@
 
 namespace fastattn {
 namespace {
+
+// Where the kernels run: CUDA tensors on the GPU build, CPU tensors on the emulated one.
+#if defined(FASTATTN_EMULATE)
+constexpr const char* kDeviceWord = "CPU (emulated CUDA build)";
+bool on_kernel_device(const at::Tensor& t) { return t.is_cpu(); }
+struct DeviceGuard {
+  explicit DeviceGuard(const at::Device&) {}
+};
+cudaStream_t current_stream(const at::Tensor&) { return nullptr; }
+#else
+constexpr const char* kDeviceWord = "CUDA";
+bool on_kernel_device(const at::Tensor& t) { return t.is_cuda(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.get_device()).stream();
+}
+#endif
 
 // Turns a launcher's cudaError_t into a Python RuntimeError naming the op.
 void check_cuda(cudaError_t err, const char* op) {
@@ -53,7 +77,8 @@ DType to_dtype(const at::Tensor& t, const char* op, const char* name) {
 at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>& inv_temperature,
                             double inv_temp) {
   constexpr const char* op = "softmax_fwd_cuda";
-  TORCH_CHECK(x.is_cuda(), "fastattn::", op, ": x must be a CUDA tensor, got device ", x.device());
+  TORCH_CHECK(on_kernel_device(x), "fastattn::", op, ": x must be a ", kDeviceWord, " tensor, got device ",
+              x.device());
   TORCH_CHECK(x.dim() == 2, "fastattn::", op, ": x must be 2-D (rows, n), got shape ", x.sizes());
   const DType dtype = to_dtype(x, op, "x");
   const int64_t rows = x.size(0), n = x.size(1);
@@ -73,7 +98,7 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
   at::Tensor y = at::empty({rows, n}, x.options());
   if (rows == 0 || n == 0) return y;
 
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   SoftmaxFwdParams params;
   params.x = x.const_data_ptr();
   params.y = y.mutable_data_ptr();
@@ -83,7 +108,7 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
   params.n = n;
   params.x_row_stride = x.stride(0);
   params.y_row_stride = y.stride(0);
-  check_cuda(softmax_fwd(params, dtype, c10::cuda::getCurrentCUDAStream(x.get_device()).stream()), op);
+  check_cuda(softmax_fwd(params, dtype, current_stream(x)), op);
   return y;
 }
 
@@ -196,7 +221,12 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.def("_test_gemm_cuda(Tensor a, Tensor b, bool planted_missing_wait) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(fastattn, CUDA, m) {
+#if defined(FASTATTN_EMULATE)
+#define FASTATTN_KERNEL_KEY CPU
+#else
+#define FASTATTN_KERNEL_KEY CUDA
+#endif
+TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("softmax_fwd_cuda", &fastattn::softmax_fwd_cuda);
   m.impl("_test_mma_cuda", &fastattn::test_mma_cuda);
   m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);
@@ -204,6 +234,7 @@ TORCH_LIBRARY_IMPL(fastattn, CUDA, m) {
   m.impl("_test_gemm_cuda", &fastattn::test_gemm_cuda);
 }
 
+#if !defined(FASTATTN_EMULATE)
 // `import fastattn._C` loads this shared object, which runs the static registrations above. The module itself
 // is empty; the ops are reached through torch.ops.fastattn.*.
 PyMODINIT_FUNC PyInit__C(void) {  // PyMODINIT_FUNC is extern "C", visibility default
@@ -216,3 +247,4 @@ PyMODINIT_FUNC PyInit__C(void) {  // PyMODINIT_FUNC is extern "C", visibility de
   };
   return PyModule_Create(&module_def);
 }
+#endif  // !FASTATTN_EMULATE

@@ -1,7 +1,9 @@
 // fastattn_emu runtime: fibers, the block scheduler, barriers, warp collectives, strict checks (see emu.h).
 //
 // One launch at a time in the process (a mutex): the blocks of the grid run one after another on the calling
-// OS thread, and the threads of a block are ucontext fibers switched only at synchronisation points. Why not
+// OS thread, and the threads of a block are fibers switched only at synchronisation points (on x86-64 by a
+// six-register switch below, ~100 times cheaper than swapcontext, which makes two sigprocmask system calls;
+// elsewhere, or with -DFASTATTN_EMU_UCONTEXT, by ucontext). Why not
 // blocks on several OS threads: static __shared__ variables are plain statics (one copy), the state the
 // builtins read is then a plain global, and a run is reproducible; the emulated suite is small enough that
 // one core suffices (CI has two, shared).
@@ -31,6 +33,44 @@
 extern "C" char __start_fastattn_emu_smem[] __attribute__((weak, visibility("hidden")));
 extern "C" char __stop_fastattn_emu_smem[] __attribute__((weak, visibility("hidden")));
 
+#if defined(__x86_64__) && !defined(FASTATTN_EMU_UCONTEXT)
+#define FASTATTN_EMU_FAST_SWITCH 1
+// fastattn_emu_switch(&save_sp, next_sp): pushes the callee-saved registers, MXCSR and the x87 control word on
+// the current stack, stores the stack pointer in *save_sp, switches to next_sp and pops the same from there.
+extern "C" void fastattn_emu_switch(void** save_sp, void* next_sp) __attribute__((visibility("hidden")));
+asm(R"(
+  .text
+  .globl fastattn_emu_switch
+  .hidden fastattn_emu_switch
+  .type fastattn_emu_switch, @function
+fastattn_emu_switch:
+  .cfi_startproc
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .cfi_endproc
+  .size fastattn_emu_switch, .-fastattn_emu_switch
+)");
+#endif
+
 namespace fastattn_emu {
 namespace detail {
 
@@ -46,7 +86,11 @@ enum class Schedule { kForward = 0, kReversed, kRandom, kWarpGreedy, kRotate };
 const char* const kScheduleNames[] = {"forward", "reversed", "random", "warp_greedy", "rotate"};
 
 struct Thread : ThreadPublic {
+#if FASTATTN_EMU_FAST_SWITCH
+  void* sp = nullptr;
+#else
   ucontext_t ctx;
+#endif
   char* stack = nullptr;
   State state = State::kReady;
   int result = 0;  // of the barrier just passed (__syncthreads_count/and/or)
@@ -102,7 +146,11 @@ struct Run {  // the launch in progress
 std::mutex g_launch_mutex;
 Run* g_run = nullptr;
 Thread* g_thread = nullptr;  // == g_cur, with the runtime's type
+#if FASTATTN_EMU_FAST_SWITCH
+void* g_sched_sp = nullptr;
+#else
 ucontext_t g_sched_ctx;
+#endif
 #if FASTATTN_EMU_HAS_ASAN
 void* g_sched_fake_stack = nullptr;
 const void* g_sched_stack_bottom = nullptr;
@@ -207,7 +255,11 @@ void to_scheduler(Thread& t, bool dying) {
 #else
   (void)dying;
 #endif
+#if FASTATTN_EMU_FAST_SWITCH
+  fastattn_emu_switch(&t.sp, g_sched_sp);
+#else
   swapcontext(&t.ctx, &g_sched_ctx);
+#endif
 #if FASTATTN_EMU_HAS_ASAN
   __sanitizer_finish_switch_fiber(t.fake_stack, &g_sched_stack_bottom, &g_sched_stack_size);
 #endif
@@ -219,7 +271,11 @@ void to_fiber(Thread& t) {
 #if FASTATTN_EMU_HAS_ASAN
   __sanitizer_start_switch_fiber(&g_sched_fake_stack, t.stack, stack_bytes());
 #endif
+#if FASTATTN_EMU_FAST_SWITCH
+  fastattn_emu_switch(&g_sched_sp, t.sp);
+#else
   swapcontext(&g_sched_ctx, &t.ctx);
+#endif
 #if FASTATTN_EMU_HAS_ASAN
   __sanitizer_finish_switch_fiber(g_sched_fake_stack, nullptr, nullptr);
 #endif
@@ -310,11 +366,13 @@ int pick(Run& r, int last) {
       }
       return -1;
     }
-    case Schedule::kRandom: {
-      int chosen = -1, seen = 0;
-      for (int i = 0; i < n; ++i)
-        if (r.threads[i].state == State::kReady && r.rng() % static_cast<unsigned>(++seen) == 0) chosen = i;
-      return chosen;
+    case Schedule::kRandom: {  // a random start, then the first ready thread from there
+      const int start = static_cast<int>(r.rng() % static_cast<unsigned>(n));
+      for (int k = 0; k < n; ++k) {
+        const int i = (start + k) % n;
+        if (r.threads[i].state == State::kReady) return i;
+      }
+      return -1;
     }
     case Schedule::kWarpGreedy:  // the lowest ready thread: each warp runs as far as it can before the next
     default:
@@ -328,7 +386,7 @@ void run_block(Run& r, uint3 bidx) {
   g_block_idx = bidx;
   const int n = r.nthreads;
   // Poison everything shared: reads of data nobody wrote in this block come out NaN (or -1).
-  if (__start_fastattn_emu_smem != nullptr && __stop_fastattn_emu_smem > __start_fastattn_emu_smem)
+  if (+__start_fastattn_emu_smem != nullptr && +__stop_fastattn_emu_smem > +__start_fastattn_emu_smem)
     std::memset(__start_fastattn_emu_smem, 0xff, __stop_fastattn_emu_smem - __start_fastattn_emu_smem);
   if (r.smem_bytes > 0) std::memset(r.smem, 0xff, r.smem_bytes);
   for (Warp& w : r.warps) {
@@ -344,11 +402,26 @@ void run_block(Run& r, uint3 bidx) {
     t.exits.clear();
     std::fill(std::begin(t.slots), std::end(t.slots), nullptr);
     t.stack = stack_for(i);
+#if FASTATTN_EMU_FAST_SWITCH
+    // The first switch to the fiber pops this frame: MXCSR/x87 control word (the scheduler's), six zeroed
+    // registers, then "returns" into fiber_main.
+    uint64_t* top = reinterpret_cast<uint64_t*>(t.stack + stack_bytes());
+    *--top = 0;  // fiber_main's return address (it never returns): at its entry rsp % 16 == 8, as after a call
+    *--top = reinterpret_cast<uint64_t>(&fiber_main);
+    for (int k = 0; k < 6; ++k) *--top = 0;
+    uint32_t ctl[2];
+    asm volatile("stmxcsr %0" : "=m"(ctl[0]));
+    asm volatile("fnstcw %0" : "=m"(ctl[1]));
+    --top;
+    std::memcpy(top, ctl, 8);
+    t.sp = top;
+#else
     getcontext(&t.ctx);
     t.ctx.uc_stack.ss_sp = t.stack;
     t.ctx.uc_stack.ss_size = stack_bytes();
     t.ctx.uc_link = nullptr;
     makecontext(&t.ctx, fiber_main, 0);
+#endif
   }
   int live = n, last = -1;
   while (live > 0) {
@@ -541,8 +614,8 @@ uint64_t warp_collective(int kind, unsigned mask, uint64_t value, int arg, int w
   t.state = State::kAtWarp;
   if (g->arrived == g->mask) {
     complete(r, w, *g);
-    for (Thread& u : r.threads)
-      if (u.warp == t.warp && (g->mask >> u.lane & 1u)) u.state = State::kReady;
+    for (int lane = 0; lane < 32; ++lane)
+      if (g->mask >> lane & 1u) r.threads[t.warp * 32 + lane].state = State::kReady;
     w.groups.erase(w.groups.begin() + (g - w.groups.data()));
   }
   to_scheduler(t, false);
