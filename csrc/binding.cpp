@@ -117,7 +117,8 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
 // tests/test_cuda_primitives.py only. Outputs are filled with NaN before the kernel writes them.
 // ---------------------------------------------------------------------------------------------------------
 void check_test_tensor(const at::Tensor& t, const char* op, const char* name, at::IntArrayRef shape) {
-  TORCH_CHECK(t.is_cuda(), "fastattn::", op, ": ", name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK(on_kernel_device(t), "fastattn::", op, ": ", name, " must be a ", kDeviceWord, " tensor, got device ",
+              t.device());
   TORCH_CHECK(t.sizes() == shape && t.is_contiguous(), "fastattn::", op, ": ", name, " must be contiguous with shape ",
               shape, ", got shape ", t.sizes(), " and strides ", t.strides());
 }
@@ -137,8 +138,6 @@ void check_accumulator(const at::Tensor& c, const at::Tensor& a, const char* op,
               ": c must be float32 on ", a.device(), ", got ", c.scalar_type(), " on ", c.device());
 }
 
-cudaStream_t stream_of(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.get_device()).stream(); }
-
 // _test_mma_cuda(a (16, 16), b (16, 8), c (16, 8) f32) -> a @ b + c (16, 8) f32, one mma.m16n8k16.
 at::Tensor test_mma_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
   constexpr const char* op = "_test_mma_cuda";
@@ -146,10 +145,10 @@ at::Tensor test_mma_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
   check_test_tensor(b, op, "b", {16, 8});
   const DType dtype = mma_dtype(a, b, op);
   check_accumulator(c, a, op, {16, 8});
-  const c10::cuda::CUDAGuard guard(a.device());
+  const DeviceGuard guard(a.device());
   at::Tensor d = at::empty({16, 8}, c.options()).fill_(NAN);
   check_cuda(testing::mma_test(a.const_data_ptr(), b.const_data_ptr(), c.const_data_ptr<float>(),
-                               d.mutable_data_ptr<float>(), dtype, stream_of(a)),
+                               d.mutable_data_ptr<float>(), dtype, current_stream(a)),
              op);
   return d;
 }
@@ -166,11 +165,11 @@ at::Tensor test_ldmatrix_cuda(const at::Tensor& a, const at::Tensor& b, const at
   TORCH_CHECK(0 <= a_mode && a_mode < testing::kLdmatrixModes && 0 <= b_mode && b_mode < testing::kLdmatrixModes,
               "fastattn::", op, ": a_mode and b_mode must be in [0, ", testing::kLdmatrixModes, "), got ", a_mode,
               " and ", b_mode);
-  const c10::cuda::CUDAGuard guard(a.device());
+  const DeviceGuard guard(a.device());
   at::Tensor d = at::empty({16, 16}, c.options()).fill_(NAN);
   check_cuda(testing::ldmatrix_test(a.const_data_ptr(), b.const_data_ptr(), c.const_data_ptr<float>(),
                                     d.mutable_data_ptr<float>(), dtype, static_cast<int>(a_mode),
-                                    static_cast<int>(b_mode), stream_of(a)),
+                                    static_cast<int>(b_mode), current_stream(a)),
              op);
   return d;
 }
@@ -181,10 +180,10 @@ at::Tensor test_cp_async_cuda(const at::Tensor& src, int64_t bytes, bool planted
   TORCH_CHECK(bytes == 4 || bytes == 8 || bytes == 16, "fastattn::", op, ": bytes must be 4, 8 or 16, got ", bytes);
   check_test_tensor(src, op, "src", {4, 64 * bytes / 4});
   TORCH_CHECK(src.scalar_type() == at::kFloat, "fastattn::", op, ": src must be float32, got ", src.scalar_type());
-  const c10::cuda::CUDAGuard guard(src.device());
+  const DeviceGuard guard(src.device());
   at::Tensor out = at::empty({6, 64 * bytes / 4}, src.options()).fill_(NAN);
   check_cuda(testing::cp_async_test(src.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
-                                    static_cast<int>(bytes), planted_missing_wait, stream_of(src)),
+                                    static_cast<int>(bytes), planted_missing_wait, current_stream(src)),
              op);
   return out;
 }
@@ -200,10 +199,10 @@ at::Tensor test_gemm_cuda(const at::Tensor& a, const at::Tensor& b, bool planted
   check_test_tensor(a, op, "a", {m, k});
   check_test_tensor(b, op, "b", {k, n});
   const DType dtype = mma_dtype(a, b, op);
-  const c10::cuda::CUDAGuard guard(a.device());
+  const DeviceGuard guard(a.device());
   at::Tensor c = at::empty({m, n}, a.options().dtype(at::kFloat)).fill_(NAN);
   check_cuda(testing::gemm_test(a.const_data_ptr(), b.const_data_ptr(), c.mutable_data_ptr<float>(), m, n, k, dtype,
-                                planted_missing_wait, stream_of(a)),
+                                planted_missing_wait, current_stream(a)),
              op);
   return c;
 }

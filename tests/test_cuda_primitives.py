@@ -12,31 +12,24 @@ The fragment layouts themselves and the emulation's cores are also checked by a 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from fastattn import _cuda
+from fastattn import _backend, _cuda, _emu
 
 ROOT = Path(__file__).resolve().parents[1]
-EMULATED = os.environ.get("FASTATTN_CUDA_EMULATE", "0") == "1"
+EMULATED = _backend.cuda_emulated()
 MMA_DTYPES = (torch.float16, torch.bfloat16)
 DT = {torch.float16: "f16", torch.bfloat16: "bf16"}
 SENTINEL = -12345.0  # kCpAsyncSentinel in csrc/testing/primitives_test.h
 CP_THREADS = 64
 LDMATRIX_MODES = {0: "x4", 1: "x2", 2: "x1", 3: "x4.trans", 4: "x2.trans", 5: "x1.trans"}
 
-
-
-def kernels(fn):
-    """Runs the test kernels: on the GPU build (needs a GPU) or, under FASTATTN_CUDA_EMULATE=1, the emulated one."""
-    fn = pytest.mark.cuda_ext(fn)
-    return fn if EMULATED else pytest.mark.gpu(fn)
-
-
+# Runs the test kernels: fastattn._C on a GPU, or the emulated build on the CPU (conftest skips centrally).
+kernels = pytest.mark.cuda_kernel
 emulation_only = pytest.mark.skipif(
     not EMULATED, reason="what a missing wait reads is unspecified on hardware; only the emulation promises it"
 )
@@ -90,27 +83,11 @@ def assert_matches_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, 
 # ------------------------------------------------------------------------------------------------------------
 # Host test of the layouts (no kernel build involved)
 # ------------------------------------------------------------------------------------------------------------
-def _cuda_headers() -> Path:
-    """The toolkit's host-compilable headers (cuda_fp16.h, cuda_bf16.h), as the emulated build finds them."""
-    candidates = [Path(os.environ[v]) / "include" for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(Path(os.path.realpath(nvcc)).parents[1] / "include")
-    candidates.append(Path("/usr/local/cuda/include"))
-    import nvidia  # the CUDA wheels torch depends on ship the headers too
-
-    candidates += [Path(p) / sub / "include" for p in nvidia.__path__ for sub in ("cu13", "cu12")]
-    for c in candidates:
-        if (c / "cuda_fp16.h").is_file() and (c / "cuda_bf16.h").is_file():
-            return c
-    raise AssertionError(f"no CUDA headers (cuda_fp16.h, cuda_bf16.h) in {[str(c) for c in candidates]}")
-
-
 def test_fragment_layouts_host(tmp_path):
     cxx = os.environ.get("CXX") or "g++"
     exe = tmp_path / "fragment_layout_test"
     build = subprocess.run(
-        [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}", f"-isystem{_cuda_headers()}",
+        [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}", f"-isystem{_emu.cuda_include_dir()}",
          str(ROOT / "tests" / "cpp" / "fragment_layout_test.cpp"), "-o", str(exe)],
         capture_output=True, text=True, timeout=300,
     )
