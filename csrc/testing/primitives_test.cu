@@ -20,25 +20,25 @@ namespace testing {
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------
-// mma: one warp, fragments by plain 16-bit loads at the positions fragment_layout.h gives.
+// mma: one warp, fragments by plain loads at the positions fragment_layout.h gives: A's pairs are adjacent
+// in a row (load_pair), B's are not (two elements through fp32, packed by pack2: exact for f16/bf16 values).
 // ---------------------------------------------------------------------------------------------------------
+__device__ __forceinline__ float elem_to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float elem_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
 template <typename T>
 __global__ void __launch_bounds__(32) mma_test_kernel(const T* a, const T* b, const float* c, float* d) {
-  const int lane = threadIdx.x;
-  const uint16_t* a16 = reinterpret_cast<const uint16_t*>(a);  // (16, 16)
-  const uint16_t* b16 = reinterpret_cast<const uint16_t*>(b);  // (16, 8): k x n
-  uint32_t ra[4] = {0, 0, 0, 0}, rb[2] = {0, 0};
+  const int lane = threadIdx.x;  // a: (16, 16) row-major; b: (16, 8) k x n row-major
+  uint32_t ra[4], rb[2];
   float rc[4], rd[4];
-  for (int r = 0; r < 4; ++r)
-    for (int h = 0; h < 2; ++h) {
-      const frag::RowCol e = frag::mma_a(lane, r, h);
-      ra[r] |= static_cast<uint32_t>(a16[e.row * 16 + e.col]) << (16 * h);
-    }
-  for (int r = 0; r < 2; ++r)
-    for (int h = 0; h < 2; ++h) {
-      const frag::RowCol e = frag::mma_b(lane, r, h);
-      rb[r] |= static_cast<uint32_t>(b16[e.row * 8 + e.col]) << (16 * h);
-    }
+  for (int r = 0; r < 4; ++r) {
+    const frag::RowCol e = frag::mma_a(lane, r, 0);  // half 1 is (e.row, e.col + 1)
+    ra[r] = load_pair(a + e.row * 16 + e.col);
+  }
+  for (int r = 0; r < 2; ++r) {
+    const frag::RowCol lo = frag::mma_b(lane, r, 0), hi = frag::mma_b(lane, r, 1);
+    rb[r] = pack2<T>(elem_to_float(b[lo.row * 8 + lo.col]), elem_to_float(b[hi.row * 8 + hi.col]));
+  }
   for (int i = 0; i < 4; ++i) {
     const frag::RowCol e = frag::mma_c(lane, i);
     rc[i] = c[e.row * 8 + e.col];
