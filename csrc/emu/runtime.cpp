@@ -750,6 +750,17 @@ const char* kernel_name() { return detail::g_run != nullptr ? detail::g_run->ker
 
 }  // namespace fastattn_emu
 
+#if FASTATTN_EMU_HAS_ASAN
+// Called by ASan when it reports an error: say which emulated thread made the access.
+extern "C" __attribute__((visibility("default"))) void __asan_on_error() {
+  using namespace fastattn_emu::detail;
+  if (g_run == nullptr || g_thread == nullptr) return;
+  std::fprintf(stderr, "fastattn_emu: AddressSanitizer error in kernel %s, block (%u, %u, %u), thread (%u, %u, %u)\n",
+               g_run->kernel, g_block_idx.x, g_block_idx.y, g_block_idx.z, g_thread->tid.x, g_thread->tid.y,
+               g_thread->tid.z);
+}
+#endif
+
 // ---- the CUDA runtime calls our host code makes (csrc/emu/include/cuda_runtime_api.h), and settings ------------
 extern "C" {
 
