@@ -24,6 +24,7 @@
 #include "emu.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define FASTATTN_EMU_HAS_ASAN 1
 #endif
@@ -749,6 +750,21 @@ void fail(const char* fmt, ...) {
 const char* kernel_name() { return detail::g_run != nullptr ? detail::g_run->kernel : ""; }
 
 }  // namespace fastattn_emu
+
+#if FASTATTN_EMU_HAS_ASAN
+// After ASan's report of an error: say which emulated thread made the access. (A callback registered at load:
+// the __asan_on_error hook would lose to libasan's own weak definition, which is preloaded first.)
+namespace {
+void on_asan_report(const char*) {
+  using namespace fastattn_emu::detail;
+  if (g_run == nullptr || g_thread == nullptr) return;
+  std::fprintf(stderr, "fastattn_emu: AddressSanitizer error in kernel %s, block (%u, %u, %u), thread (%u, %u, %u)\n",
+               g_run->kernel, g_block_idx.x, g_block_idx.y, g_block_idx.z, g_thread->tid.x, g_thread->tid.y,
+               g_thread->tid.z);
+}
+__attribute__((constructor)) void register_asan_callback() { __asan_set_error_report_callback(on_asan_report); }
+}  // namespace
+#endif
 
 // ---- the CUDA runtime calls our host code makes (csrc/emu/include/cuda_runtime_api.h), and settings ------------
 extern "C" {
