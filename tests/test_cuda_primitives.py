@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -75,8 +77,8 @@ def assert_matches_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, 
     if bad.any():
         idx = torch.nonzero(finite)[bad.nonzero()[0, 0]].tolist()
         raise AssertionError(
-            f"{what}: {int(bad.sum())} of {int(finite.sum())} outputs off; first at {idx}: got {out[tuple(idx)].item()}, "
-            f"want {ref[tuple(idx)].item()} (max err / magnitude {float((err / (mag[finite] + 1e-30)).max()):.3g})"
+            f"{what}: {int(bad.sum())} of {int(finite.sum())} outputs off; first at {idx}: "
+            f"got {out[tuple(idx)].item()}, want {ref[tuple(idx)].item()} (max err / magnitude {float((err / (mag[finite] + 1e-30)).max()):.3g})"
         )
 
 
@@ -87,7 +89,8 @@ def test_fragment_layouts_host(tmp_path):
     cxx = os.environ.get("CXX") or "g++"
     exe = tmp_path / "fragment_layout_test"
     build = subprocess.run(
-        [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}", f"-isystem{_emu.cuda_include_dir()}",
+        [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}",
+         f"-isystem{_emu.cuda_include_dir()}",
          str(ROOT / "tests" / "cpp" / "fragment_layout_test.cpp"), "-o", str(exe)],
         capture_output=True, text=True, timeout=300,
     )
@@ -271,3 +274,68 @@ def test_bad_inputs_are_rejected():
         ops()._test_cp_async_cuda(rand((4, 64), torch.float32, 4), 2, False)
     with pytest.raises(RuntimeError, match="multiples of 64"):
         ops()._test_gemm_cuda(rand((48, 64), torch.float16, 5), rand((64, 64), torch.float16, 6), False)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Misuse the emulation must stop with a message naming the kernel and the line (tests/cpp/primitives_planted.cu,
+# a plain emulated library called through ctypes in a subprocess, since the emulator aborts the process)
+# ------------------------------------------------------------------------------------------------------------
+PLANTED = ROOT / "tests" / "cpp" / "primitives_planted.cu"
+
+
+def planted_line(marker: str) -> str:
+    hits = [i + 1 for i, line in enumerate(PLANTED.read_text().splitlines()) if f"PLANTED: {marker}" in line]
+    assert len(hits) == 1, marker
+    return f"primitives_planted.cu:{hits[0]}"
+
+
+def run_planted(call: str, asan: bool = False):
+    lib = _emu.build("primitives_planted", [PLANTED], asan=asan, watch=[PLANTED.parent])
+    code = textwrap.dedent(f"""
+        import ctypes
+        lib = ctypes.CDLL({str(lib)!r})
+        f = (ctypes.c_float * 1024)()
+        src = ctypes.cast(ctypes.create_string_buffer(512), ctypes.c_void_p)  # exactly 128 floats
+        rc = lib.{call}
+        print("returned", rc, flush=True)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if asan:
+        env.update(LD_PRELOAD=_emu.asan_preload(), ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
+                   PYTHONMALLOC="malloc")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def assert_aborted(run, *needles):
+    assert run.returncode != 0 and "returned" not in run.stdout, (run.returncode, run.stdout, run.stderr)
+    for needle in needles:
+        assert needle in run.stderr, f"{needle!r} not in:\n{run.stderr}"
+
+
+def test_lanes_at_different_mma_kinds_abort():
+    run = run_planted("planted_mixed_mma(f)")
+    assert_aborted(run, "mixed_mma_kernel", "mma.sync.m16n8k16.f16", "mma.sync.m16n8k16.bf16",
+                   planted_line("f16 half"), planted_line("bf16 half"))
+
+
+def test_mma_in_a_partial_warp_aborts():
+    run = run_planted("planted_partial_warp_mma(f)")
+    assert_aborted(run, "partial_warp_mma_kernel", "mma.sync.m16n8k16.f16", planted_line("partial warp"))
+
+
+def test_misaligned_ldmatrix_row_aborts():
+    run = run_planted("planted_misaligned_ldmatrix(f)")
+    assert_aborted(run, "misaligned_ldmatrix_kernel", "ldmatrix.m8n8.x4", "lane 5 is not 16-byte aligned",
+                   planted_line("misaligned row"))
+
+
+def test_misaligned_cp_async_aborts():
+    run = run_planted("planted_misaligned_cp_async(src, f)")
+    assert_aborted(run, "misaligned_cp_async_kernel", "cp.async of 16 bytes", "dst is not aligned",
+                   planted_line("misaligned dst"))
+
+
+def test_out_of_bounds_cp_async_source_is_reported_by_asan():
+    run = run_planted("planted_oob_cp_async(src, f, 32)", asan=True)
+    assert_aborted(run, "AddressSanitizer: heap-buffer-overflow", "READ of size 16", planted_line("oob source"),
+                   "oob_cp_async_kernel")
