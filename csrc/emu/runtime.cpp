@@ -403,6 +403,10 @@ void run_block(Run& r, uint3 bidx) {
     t.exits.clear();
     std::fill(std::begin(t.slots), std::end(t.slots), nullptr);
     t.stack = stack_for(i);
+#if FASTATTN_EMU_HAS_ASAN
+    // A fiber that finished never returned from its frames: clear their redzones before the stack is reused.
+    __asan_unpoison_memory_region(t.stack, stack_bytes());
+#endif
 #if FASTATTN_EMU_FAST_SWITCH
     // The first switch to the fiber pops this frame: MXCSR/x87 control word (the scheduler's), six zeroed
     // registers, then "returns" into fiber_main.
