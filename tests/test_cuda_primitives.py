@@ -339,3 +339,40 @@ def test_out_of_bounds_cp_async_source_is_reported_by_asan():
     run = run_planted("planted_oob_cp_async(src, f, 32)", asan=True)
     assert_aborted(run, "AddressSanitizer: heap-buffer-overflow", "READ of size 16", planted_line("oob source"),
                    "oob_cp_async_kernel")
+
+
+@emulation_only
+@kernels
+@pytest.mark.slow  # builds the ASan variant of the emulated extension (~40 s of CPU the first time)
+def test_primitive_kernels_under_asan():
+    """Every test-kernel path (both mma types, the 36 ldmatrix mode pairs, cp.async 4/8/16 with and without the
+    planted missing wait, GEMMs) in the AddressSanitizer variant: no out-of-bounds shared or global access."""
+    code = textwrap.dedent("""
+        import torch
+        from fastattn import _cuda
+        assert _cuda.status() is True, _cuda.status()
+        ops = torch.ops.fastattn
+        for dt in (torch.float16, torch.bfloat16):
+            a, b = torch.randn(16, 16).to(dt), torch.randn(16, 16).to(dt)
+            c = torch.randn(16, 16)
+            ref = a.double() @ b.double() + c.double()
+            d = ops._test_mma_cuda(a, b[:, :8].contiguous(), c[:, :8].contiguous())
+            assert (d.double() - ref[:, :8]).abs().max() < 1e-4
+            for am in range(6):
+                for bm in range(6):
+                    d = ops._test_ldmatrix_cuda(a, b, c, am, bm)
+                    assert (d.double() - ref).abs().max() < 1e-4, (am, bm)
+            for m, n, k in ((64, 64, 64), (128, 64, 96)):
+                x, y = torch.randn(m, k).to(dt), torch.randn(k, n).to(dt)
+                z = ops._test_gemm_cuda(x, y, False)
+                assert (z.double() - x.double() @ y.double()).abs().max() < 1e-3
+                ops._test_gemm_cuda(x, y, True)
+        for nbytes in (4, 8, 16):
+            for planted in (False, True):
+                ops._test_cp_async_cuda(torch.randn(4, 16 * nbytes), nbytes, planted)
+        print("asan-ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FASTATTN_CUDA_EMULATE="1", FASTATTN_EMU_ASAN="1",
+               LD_PRELOAD=_emu.asan_preload(), ASAN_OPTIONS="detect_leaks=0", PYTHONMALLOC="malloc")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0 and "asan-ok" in run.stdout, run.stderr[-5000:]
