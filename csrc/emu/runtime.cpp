@@ -1,10 +1,10 @@
 // fastattn_emu runtime: fibers, the block scheduler, barriers, warp collectives, strict checks (see emu.h).
 //
 // One launch at a time in the process (a mutex): the blocks of the grid run one after another on the calling
-// OS thread, and the threads of a block are fibers switched only at synchronisation points (on x86-64 by a
-// six-register switch below, ~100 times cheaper than swapcontext, which makes two sigprocmask system calls;
-// elsewhere, or with -DFASTATTN_EMU_UCONTEXT, by ucontext). Why not
-// blocks on several OS threads: static __shared__ variables are plain statics (one copy), the state the
+// OS thread, and the threads of a block are fibers switched only at synchronisation points: on x86-64 by the
+// six-register switch below (swapcontext makes two sigprocmask system calls per switch, 7x slower on a
+// shuffle + barrier benchmark), elsewhere or with -DFASTATTN_EMU_UCONTEXT by ucontext. Why not blocks on
+// several OS threads: static __shared__ variables are plain statics (one copy), the state the
 // builtins read is then a plain global, and a run is reproducible; the emulated suite is small enough that
 // one core suffices (CI has two, shared).
 #include <sys/mman.h>
