@@ -355,6 +355,13 @@ def test_primitive_api_scratch_slots_and_exit_hooks(lib, schedule):
     assert torch.equal(exits, torch.full((64,), 2, dtype=torch.int32))  # once per thread per block
 
 
+def test_shuffle_reading_outside_its_mask_aborts():
+    """Lanes 0-15 shuffle among themselves (mask 0xffff) but xor 16 points each at a lane outside the mask."""
+    run = run_planted("emu_collective(3, 0xFFFF, 32, 32, i, (ctypes.c_int * 32)(*[16] * 32), i)")
+    assert_aborted(run, "collective_kernel", "__shfl_xor_sync (", "lane 0 reads lane 16, which is not in the mask "
+                   "0x0000ffff")
+
+
 def test_collective_with_exited_lanes_aborts():
     run = run_planted("planted_exited_lane(i)")
     assert_aborted(run, "exited_lane_kernel", "__shfl_down_sync", f"planted.cu:{line_of('lanes 8-31 have exited')}")

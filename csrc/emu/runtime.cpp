@@ -736,7 +736,10 @@ void launch(const char* pretty_kernel, const char* file, int line, dim3 grid, di
 // ---- API for emulated primitives ------------------------------------------------------------------------------
 int lane_id() { return detail::cur().lane; }
 int warp_id_in_block() { return detail::cur().warp; }
-void* warp_scratch() { return detail::g_run->warps[detail::cur().warp].scratch; }
+void* warp_scratch() {
+  const int warp = detail::cur().warp;  // checks first that a kernel is running
+  return detail::g_run->warps[warp].scratch;
+}
 void warp_sync_point(unsigned mask, const char* what, const char* file, int line) {
   detail::warp_collective(detail::kSyncPoint, mask, 0, 0, 32, what, file, line);
 }
