@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from . import _emu  # reads FASTATTN_CUDA_EMULATE now, when fastattn is imported
+
 BACKENDS = ("auto", "triton", "cuda", "torch")
 
 
@@ -115,14 +117,30 @@ def _interpreter_numpy_status() -> "bool | str":
 
 
 @_constant
+def cuda_emulated() -> bool:
+    """FASTATTN_CUDA_EMULATE=1 (set before fastattn is imported): "cuda" is the emulated build, on CPU tensors."""
+    return _emu.emulated()
+
+
+@_constant
+def cuda_build() -> "str | None":
+    """Which build of the CUDA kernels is loaded: "emulated" (FASTATTN_CUDA_EMULATE=1, CPU tensors), "nvcc"
+    (fastattn._C, which also needs a GPU to run: see cuda_status), or None when neither loads."""
+    from . import _cuda
+
+    return _cuda.build()
+
+
+@_constant
 def cuda_status() -> "bool | str":
-    """True when the compiled extension fastattn._C is loaded and a GPU is present; else the reason."""
+    """True when the compiled extension fastattn._C is loaded and a GPU is present, or when the emulated build
+    (FASTATTN_CUDA_EMULATE=1) is loaded; else the reason."""
     from . import _cuda
 
     st = _cuda.status()
     if st is not True:
         return st
-    if not _has_gpu():
+    if not cuda_emulated() and not _has_gpu():
         return "the CUDA extension is built but there is no CUDA GPU"
     return True
 
@@ -169,6 +187,11 @@ def _machine_status_uncached(name: str, device: torch.device) -> "bool | str":
         st = cuda_status()
         if st is not True:
             return st
+        if cuda_emulated():
+            if device.type == "cpu":
+                return True
+            return (f"the emulated CUDA build (FASTATTN_CUDA_EMULATE=1) runs on CPU tensors (got "
+                    f"{device.type})")
         if device.type != "cuda":
             return f"the CUDA extension needs CUDA tensors (got {device.type})"
         return _cuda_arch_status(device.index)
