@@ -208,3 +208,14 @@ def test_static_report_full(tmp_path):
     _need_nvcc()
     rc, out, err = _run(["--full", "--out", str(tmp_path)], timeout=3600)
     assert rc == 0, out[-4000:] + err[-4000:]
+
+
+def test_source_markers(tmp_path):
+    skip = tmp_path / "emulation_only.cu"
+    skip.write_text("// fastattn-static: skip\nthis is not CUDA and must not reach nvcc\n")
+    assert static._markers(skip) == {"skip"}
+    rows = static.compile_cuda(skip, 90, static.Tools(nvcc="/nonexistent"), static.Cache(False), "")
+    assert [r.name for r in rows] == ["(no kernels)"] and not rows[0].error
+    mm = tmp_path / "m.cu"
+    mm.write_text("// fastattn-static: no-matmul\n")
+    assert static._markers(mm) == {"no-matmul"}

@@ -59,8 +59,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "static"
 CACHE_VERSION = "1"
-# CUDA kernels that must use the tensor cores: by source path or (demangled) kernel name.
+# CUDA kernels that must use the tensor cores: by source path or (demangled) kernel name. A .cu file can say
+# otherwise in a comment: "fastattn-static: matmul" (every kernel in it), "fastattn-static: no-matmul" (none), or
+# "fastattn-static: skip" (not compiled here, e.g. a file only for the CPU emulation build).
 MATMUL_PATTERN = re.compile(r"(^|/)attention/|attn|attention|gemm|matmul|mma", re.IGNORECASE)
+_MARKER = re.compile(r"fastattn-static:\s*(skip|matmul|no-matmul)\b")
 NVCC_FLAGS = ["-O3", "-lineinfo", "-std=c++17"]
 ARCHS = {90: "sm_90a", 80: "sm_80"}
 
@@ -344,8 +347,18 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
+def _markers(src: Path) -> set:
+    try:
+        return set(_MARKER.findall(src.read_text(errors="replace")))
+    except OSError:
+        return set()
+
+
 def compile_cuda(src: Path, arch: int, tools: Tools, cache: Cache, headers: str) -> List[KernelRow]:
     name = ARCHS[arch]
+    marks = _markers(src)
+    if "skip" in marks:
+        return [KernelRow("cuda", "(no kernels)", _rel(src), name, error="")]
     flags = NVCC_FLAGS + [f"-arch={name}", "-cubin", "-Xptxas", "-v", "-I", str(CSRC), "-I", str(src.parent)]
     key = _sha("cuda", CACHE_VERSION, src.read_bytes(), headers, flags, _tool_version(tools.nvcc),
                tools.nvdisasm and _tool_version(tools.nvdisasm))
@@ -378,7 +391,9 @@ def compile_cuda(src: Path, arch: int, tools: Tools, cache: Cache, headers: str)
         row = KernelRow("cuda", short, _rel(src), name, threads=threads.get(mangled, 0),
                         regs=pi.get("regs", 0), spill_stores=pi.get("spill_stores", 0),
                         spill_loads=pi.get("spill_loads", 0), stack=pi.get("stack", 0), smem=pi.get("smem", 0),
-                        matmul=bool(MATMUL_PATTERN.search(_rel(src)) or MATMUL_PATTERN.search(short)),
+                        matmul=("matmul" in marks or (MATMUL_PATTERN.search(_rel(src)) is not None
+                                                       or MATMUL_PATTERN.search(short) is not None))
+                        and "no-matmul" not in marks,
                         compile_s=dt, key=key)
         if fn is not None:
             row.mix = sass.instruction_mix(fn.instrs)
