@@ -199,6 +199,8 @@ def test_static_report_runs(tmp_path):
     est = [ln for ln in md.splitlines() if ln.startswith("| sample fp32 128×131072")]
     assert est and ("ISSUE-BOUND" in est[-1] or "memory-bound" in est[-1] or "near" in est[-1])
     assert "NOT FOUND" not in md  # every declared hot loop was found in the SASS
+    traffic = [ln for ln in md.splitlines() if ln.startswith("| softmax fwd fp32 4096×131072 | _softmax_fwd_online")]
+    assert len(traffic) == 2 and "rows in flight" in traffic[-1]  # the estimate row and the DRAM traffic model
     assert (tmp_path / "report.json").is_file() and (tmp_path / "kernels.csv").is_file()
 
 

@@ -27,6 +27,7 @@ class Card:
     clock_ghz: float = 1.98          # boost clock
     copy_tbps: float = 4.25          # a device-to-device copy reaches about this (read + write), TB/s
     bf16_tflops: float = 989.0       # dense tensor-core peak
+    l2_bytes: int = 50 * 1024 * 1024
     regs_per_sm: int = 65536
     sub_partitions: int = 4          # schedulers per SM: 4 warp-instructions issued per clock at most
     reg_unit: int = 256              # registers are allocated per warp in units of 256

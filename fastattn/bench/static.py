@@ -186,6 +186,13 @@ class Estimate:
     issue_us: float
     floor_us: float
     floor_what: str
+    dram_bytes: Optional[float] = None    # modelled DRAM traffic (L2 reuse), where the case has a model
+    elements: Optional[float] = None
+    traffic_note: str = ""
+
+    @property
+    def dram_us(self) -> Optional[float]:
+        return None if self.dram_bytes is None else self.dram_bytes / (H200.copy_tbps * 1e12) * 1e6
 
     @property
     def ratio(self) -> float:
@@ -651,6 +658,9 @@ class TritonCase:
     matmul: Tuple[str, ...] = ()                 # kernels that must use the tensor cores
     headline: bool = False                       # in the default (CI) report; others only with --full
     flops: float = 0.0
+    # modelled DRAM traffic by kernel name: (launch, row) -> (bytes, elements, how), for kernels whose
+    # re-reads may or may not hit L2
+    traffic: Dict[str, Callable] = field(default_factory=dict)
 
 
 def _meta(shape, dtype):
@@ -686,6 +696,22 @@ def sampling_cases(full: bool) -> List[TritonCase]:
     return [make(b, v, "fp32") for b, v in shapes]
 
 
+def _online_traffic(launch: Launch, row: KernelRow, card: Card = H200):
+    """DRAM bytes of the online softmax: one read, one write, and the part of the second (reversed) read that
+    misses L2. A row's tiles stay in L2 from pass 1 to pass 2 only if the rows in flight fit: the rows resident
+    at once (SMs x blocks per SM) times the row's bytes against the L2; the missing fraction is modelled as
+    1 - L2 / working set (LRU, the newest bytes re-read first)."""
+    esize = int(launch.signature["x_ptr"].lstrip("*fpbf")) // 8
+    n = launch.args["n_cols"]
+    rows = launch.grid[0]
+    resident = min(rows, card.sms * max(1, row.blocks_per_sm or 1))
+    ws = resident * n * esize
+    miss = max(0.0, 1.0 - card.l2_bytes / ws)
+    how = (f"{resident} rows in flight x {n * esize / 1024:.0f} KB = {ws / 2**20:.0f} MB vs "
+           f"{card.l2_bytes / 2**20:.0f} MB L2: {miss:.0%} of the re-read from DRAM")
+    return rows * n * esize * (2.0 + miss), rows * n, how
+
+
 def softmax_cases(full: bool) -> List[TritonCase]:
     from . import softmax as bench
 
@@ -703,7 +729,7 @@ def softmax_cases(full: bool) -> List[TritonCase]:
             "_softmax_fwd_split_kernel": lambda a: [],
         }
         return TritonCase(f"softmax fwd {dt} {rows}×{n}", "softmax", call, 2 * rows * n * _dt(dt).itemsize, hot,
-                          headline=headline)
+                          headline=headline, traffic={"_softmax_fwd_online_kernel": _online_traffic})
     heads = {(4096, 131072, "fp32"), (4096, 131072, "bf16"), (1, 32768, "fp32"), (4096, 32768, "bf16")}
     out = []
     for dt in ("fp32", "bf16"):
@@ -807,8 +833,12 @@ def estimate(case: TritonCase, launch: Launch, row: KernelRow, card: Card = H200
         flop_s = case.flops / (card.bf16_tflops * 1e12)
         if flop_s > floor_s:
             floor_s, what = flop_s, f"{case.flops / 1e12:.2f} TFLOP at {card.bf16_tflops:.0f} TFLOP/s"
-    return Estimate(case.name, launch.name, launch.programs, warps, hot, per_program, issue_s * 1e6,
-                    floor_s * 1e6, what)
+    est = Estimate(case.name, launch.name, launch.programs, warps, hot, per_program, issue_s * 1e6,
+                   floor_s * 1e6, what)
+    model = case.traffic.get(launch.name)
+    if model is not None:
+        est.dram_bytes, est.elements, est.traffic_note = model(launch, row)
+    return est
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -967,6 +997,16 @@ def markdown(rep: Report) -> str:
             hot = "; ".join(f"{lbl} {n}×{it}" for lbl, n, it in e.hot)
             L.append(f"| {e.case} | {e.kernel} | {e.programs} | {e.warps} | {hot} | {e.instr_per_program:,} | "
                      f"{_fmt_us(e.issue_us)} | {_fmt_us(e.floor_us)} | {e.ratio:.2f} | {e.verdict} |")
+        L.append("")
+    modelled = [e for e in rep.estimates if e.dram_bytes is not None]
+    if modelled:
+        L += ["## Modelled DRAM traffic (L2 reuse of re-reads; predictions)", "",
+              "| case | kernel | DRAM bytes per element (floor) | DRAM µs | floor µs | model |",
+              "|---|---|---|---|---|---|"]
+        for e in modelled:
+            esz = e.floor_us / e.dram_us * e.dram_bytes / e.elements if e.dram_us else 0
+            L.append(f"| {e.case} | {e.kernel} | {e.dram_bytes / e.elements:.2f} ({esz:.0f}) | {_fmt_us(e.dram_us)} | "
+                     f"{_fmt_us(e.floor_us)} | {e.traffic_note} |")
         L.append("")
     if rep.failures:
         L += ["## FAILED checks", ""] + [f"- {f}" for f in rep.failures] + [""]
