@@ -18,8 +18,9 @@ LDSM, LDGSTS/UTMALDG, BAR, MUFU, ..., total) from nvdisasm (shipped in the Trito
 
 Issue time vs memory floor (headline shapes): for each Triton kernel the loops that stream the data ("hot
 loops", declared per case below and found in the SASS through line info) give
-    issue time = instructions per iteration x iterations per program x warps x programs per SM
-                 / (4 issue slots x clock)                    (programs per SM = ceil(programs / SMs))
+    issue time = (instructions per iteration x iterations, summed over the hot loops, + the instructions
+                  outside every loop once) x warps x programs per SM / (4 issue slots x clock)
+                 (programs per SM = ceil(programs / SMs))
 against the memory floor = bytes that must move / copy bandwidth. A kernel whose issue time exceeds the floor
 cannot reach it whatever the memory system does: "issue-bound". (Issue 15's target is issue time <= half the
 floor.) Both are predictions for an H200 (132 SMs, 1.98 GHz, 4.25 TB/s copy).
@@ -698,18 +699,20 @@ def sampling_cases(full: bool) -> List[TritonCase]:
 
 def _online_traffic(launch: Launch, row: KernelRow, card: Card = H200):
     """DRAM bytes of the online softmax: one read, one write, and the part of the second (reversed) read that
-    misses L2. A row's tiles stay in L2 from pass 1 to pass 2 only if the rows in flight fit: the rows resident
-    at once (SMs x blocks per SM) times the row's bytes against the L2; the missing fraction is modelled as
-    1 - L2 / working set (LRU, the newest bytes re-read first)."""
+    misses L2. The kernel keeps its last tile in registers, so pass 2 re-reads n - BLOCK_N elements of a row.
+    They stay in L2 from pass 1 to pass 2 only if the rows in flight fit: the rows resident at once (SMs x
+    blocks per SM) times the re-read bytes of a row against the L2; the missing fraction is modelled as
+    1 - L2 / working set (LRU, the newest bytes re-read first; the writes competing for L2 are ignored)."""
     esize = int(launch.signature["x_ptr"].lstrip("*fpbf")) // 8
     n = launch.args["n_cols"]
+    reread = max(0, n - launch.args["BLOCK_N"])
     rows = launch.grid[0]
     resident = min(rows, card.sms * max(1, row.blocks_per_sm or 1))
-    ws = resident * n * esize
-    miss = max(0.0, 1.0 - card.l2_bytes / ws)
-    how = (f"{resident} rows in flight x {n * esize / 1024:.0f} KB = {ws / 2**20:.0f} MB vs "
+    ws = resident * reread * esize
+    miss = max(0.0, 1.0 - card.l2_bytes / ws) if ws else 0.0
+    how = (f"{resident} rows in flight x {reread * esize / 1024:.0f} KB re-read = {ws / 2**20:.1f} MB vs "
            f"{card.l2_bytes / 2**20:.0f} MB L2: {miss:.0%} of the re-read from DRAM")
-    return rows * n * esize * (2.0 + miss), rows * n, how
+    return rows * esize * (2.0 * n + miss * reread), rows * n, how
 
 
 def softmax_cases(full: bool) -> List[TritonCase]:
@@ -720,9 +723,10 @@ def softmax_cases(full: bool) -> List[TritonCase]:
             from fastattn.triton import softmax as S
             S.softmax_fwd(_meta((rows, n), _dt(dt)), None, 1.0 / bench.TEMPERATURE)
         hot = {
+            # pass 1 over all tiles but the last, the last tile (outside the loops, once), pass 2 over the others
             "_softmax_fwd_online_kernel": lambda a: [
-                ("_softmax_fwd_online_kernel", "for t in range(0, n_tiles)", a["n_tiles"]),
-                ("_softmax_fwd_online_kernel", "for i in range(0, n_tiles)", a["n_tiles"])],
+                ("_softmax_fwd_online_kernel", "for t in range(0, n_tiles - 1)", a["n_tiles"] - 1),
+                ("_softmax_fwd_online_kernel", "for i in range(1, n_tiles)", a["n_tiles"] - 1)],
             # no loop: the whole kernel runs once per program
             "_softmax_fwd_rows_kernel": lambda a: [],
             "_softmax_fwd_partial_kernel": lambda a: [],
@@ -820,9 +824,10 @@ def estimate(case: TritonCase, launch: Launch, row: KernelRow, card: Card = H200
         for lp, n in zip(copies, per):
             hot.append((label, lp.own, int(n)))
             per_program += lp.own * int(n)
-    if not spec(launch.args):  # a kernel without a loop: every instruction once
-        per_program = row.mix.get("total", 0)
-        hot.append(("(whole kernel, no loop)", per_program, 1))
+    # Code outside every loop runs once per program (an upper bound: branches may skip some of it).
+    rest = row.mix.get("total", 0) - sum(lp.size for lp in row.loops if lp.depth == 0)
+    hot.append(("(whole kernel, no loop)" if not row.loops else "(outside loops, once)", rest, 1))
+    per_program += rest
     warps = launch.options.get("num_warps", 4)
     per_sm = -(-launch.programs // card.sms)
     slots = min(card.sub_partitions, warps * max(1, min(per_sm, row.blocks_per_sm or 1)))
@@ -988,8 +993,8 @@ def markdown(rep: Report) -> str:
         L.append("")
     if rep.estimates:
         L += ["## Issue time vs memory floor (H200, headline shapes; predictions)", "",
-              "issue = SASS instructions of the hot loops per iteration × iterations × warps × programs per SM ÷ "
-              "(4 issue slots × clock); floor = bytes ÷ copy bandwidth (attention: also FLOPs ÷ bf16 peak, "
+              "issue = (SASS instructions of the hot loops per iteration × iterations + those outside every loop, "
+              "once) × warps × programs per SM ÷ (4 issue slots × clock); floor = bytes ÷ copy bandwidth (attention: also FLOPs ÷ bf16 peak, "
               "the larger). Issue > floor: the kernel cannot reach the floor (issue-bound).", "",
               "| case | kernel | programs | warps | hot loops (instr/iter × iters) | instr/program | issue µs | "
               "floor µs | issue/floor | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
