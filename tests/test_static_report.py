@@ -98,6 +98,28 @@ def test_parse_sass_loops_and_mix():
     assert mix["total"] == 8  # NOP not counted
 
 
+SASS_STUB = """\
+\t.section\t.text.w,"ax",@progbits
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/              @!P0 BRA `(.L_x_5) ;
+.L_x_9:
+        /*0020*/                   FADD R2, R2, R3 ;
+        /*0030*/                   EXIT ;
+.L_x_5:
+        /*0040*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR4], RZ ;
+        /*0050*/              @!P0 BRA `(.L_x_5) ;
+        /*0060*/                   BRA `(.L_x_9) ;
+"""
+
+
+def test_out_of_line_slow_path_is_not_a_loop():
+    """An mbarrier wait retried out of line after EXIT jumps back into the main path: that backward branch closes
+    no loop (its target does not dominate it); only the retry spin itself is one."""
+    f = sass.parse_sass(SASS_STUB)["w"]
+    assert [(lp.start, lp.end, lp.size) for lp in f.loops] == [(0x40, 0x50, 2)]
+    assert f.outside_loops == 5
+
+
 def test_occupancy():
     # 255 registers x 256 threads: 8 warps of 8192 registers fill the 64K file -> 1 block
     assert sass.occupancy(255, 16384, 256)[:2] == (1, 8)

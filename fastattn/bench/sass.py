@@ -116,6 +116,7 @@ class Instr:
     file: Optional[str]
     line: Optional[int]
     target: Optional[str] = None   # branch target label
+    predicated: bool = False
 
     @property
     def base(self) -> str:
@@ -124,12 +125,13 @@ class Instr:
 
 @dataclass
 class Loop:
-    start: int              # first address of the body (the branch target)
-    end: int                # address of the closing branch
-    size: int               # instructions in [start, end]
+    start: int              # address of the loop header (the target of its back edges)
+    end: int                # highest address in the body
+    size: int               # instructions (not NOP) in the body, nested loops included
     own: int = 0            # of them, not inside a loop nested in this one
     depth: int = 0          # 0: outermost
     parent: Optional[int] = None  # index of the enclosing loop
+    addrs: frozenset = frozenset()  # addresses of the body's instructions
 
 
 @dataclass
@@ -141,6 +143,21 @@ class Function:
 
     def in_range(self, lo: int, hi: int) -> List[Instr]:
         return [i for i in self.instrs if lo <= i.addr <= hi]
+
+    def in_loop(self, lp: "Loop", own: bool = False) -> List[Instr]:
+        """The instructions of a loop's body (own: not those of loops nested in it)."""
+        skip = set()
+        if own:
+            for c in self.loops:
+                if c.parent is not None and self.loops[c.parent] is lp:
+                    skip |= c.addrs
+        return [i for i in self.instrs if i.addr in lp.addrs and i.addr not in skip]
+
+    @property
+    def outside_loops(self) -> int:
+        """Instructions (not NOP) in no loop: what runs once per program."""
+        inside = set().union(*(lp.addrs for lp in self.loops)) if self.loops else set()
+        return sum(1 for i in self.instrs if i.op != "NOP" and i.addr not in inside)
 
 
 _FUNC = re.compile(r"^\s*\.section\s+\.text\.([^,\s]+)")
@@ -176,10 +193,11 @@ def parse_sass(text: str) -> Dict[str, Function]:
         m = _INSTR.match(raw)
         if m:
             addr = int(m.group(1), 16)
-            body = _PRED.sub("", m.group(2).strip())
+            raw_body = m.group(2).strip()
+            body = _PRED.sub("", raw_body)
             op = body.split()[0] if body else ""
             t = _TARGET.search(body)
-            ins = Instr(addr, op, body, file, line, t.group(1) if t and op.startswith(("BRA", "JMP")) else None)
+            ins = Instr(addr, op, body, file, line, t.group(1) if t else None, predicated=body != raw_body)
             cur.instrs.append(ins)
             for lab in pending:
                 cur.labels[lab] = addr
@@ -189,29 +207,107 @@ def parse_sass(text: str) -> Dict[str, Function]:
     return funcs
 
 
+_ENDS_BLOCK = ("BRA", "BRX", "JMP", "JMX", "EXIT", "RET", "CALL", "BPT")
+
+
 def _find_loops(f: Function) -> None:
+    """Natural loops of the control-flow graph: a back edge u -> h where h dominates u; the body is h plus every
+    block that reaches u without passing h. Back edges to one header are one loop. (A branch to a lower
+    address is not enough: out-of-line slow paths placed after EXIT, e.g. mbarrier wait retries, jump back
+    into the main path without forming a loop.)"""
+    ins = f.instrs
+    if not ins:
+        f.loops = []
+        return
+    index = {i.addr: k for k, i in enumerate(ins)}
+    targets = {f.labels[i.target] for i in ins if i.target in f.labels}
+    leaders = {0}
+    for k, i in enumerate(ins):
+        if i.addr in targets:
+            leaders.add(k)
+        if i.base in _ENDS_BLOCK and k + 1 < len(ins):
+            leaders.add(k + 1)
+    starts = sorted(leaders)
+    blocks = [(a, b - 1) for a, b in zip(starts, starts[1:] + [len(ins)])]     # instruction index ranges
+    block_of = {}
+    for n, (a, b) in enumerate(blocks):
+        for k in range(a, b + 1):
+            block_of[k] = n
+    succ: List[List[int]] = [[] for _ in blocks]
+    for n, (a, b) in enumerate(blocks):
+        last = ins[b]
+        tgt = f.labels.get(last.target) if last.target else None
+        falls = b + 1 < len(ins)
+        if last.base in ("BRA", "JMP"):
+            if tgt is not None:
+                succ[n].append(block_of[index[tgt]])
+            if last.predicated and falls:
+                succ[n].append(n + 1)
+        elif last.base in ("EXIT", "RET", "BPT"):
+            if last.predicated and falls:
+                succ[n].append(n + 1)
+        elif last.base == "CALL":
+            if tgt is not None:
+                succ[n].append(block_of[index[tgt]])
+            if falls:
+                succ[n].append(n + 1)
+        elif last.base in ("BRX", "JMX"):  # indirect: any label may follow
+            succ[n] += sorted({block_of[index[f.labels[t]]] for t in f.labels if f.labels[t] in index})
+            if falls:
+                succ[n].append(n + 1)
+        elif falls:
+            succ[n].append(n + 1)
+    # reachable blocks in reverse postorder, then iterative dominators (bitsets as ints)
+    order, seen, stack = [], {0}, [(0, iter(succ[0]))]
+    while stack:
+        node, it = stack[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            order.append(node)
+            stack.pop()
+        elif nxt not in seen:
+            seen.add(nxt)
+            stack.append((nxt, iter(succ[nxt])))
+    rpo = order[::-1]
+    preds: Dict[int, List[int]] = {n: [] for n in rpo}
+    for n in rpo:
+        for m in succ[n]:
+            preds[m].append(n)
+    full = (1 << len(blocks)) - 1
+    dom = {n: full for n in rpo}
+    dom[0] = 1
+    changed = True
+    while changed:
+        changed = False
+        for n in rpo[1:]:
+            d = full
+            for p in preds[n]:
+                d &= dom[p]
+            d |= 1 << n
+            if d != dom[n]:
+                dom[n], changed = d, True
+    bodies: Dict[int, set] = {}
+    for u in rpo:
+        for h in succ[u]:
+            if (dom[u] >> h) & 1:               # back edge u -> h
+                body = bodies.setdefault(h, {h})
+                work = [u]
+                while work:
+                    x = work.pop()
+                    if x not in body:
+                        body.add(x)
+                        work += preds.get(x, [])
     loops = []
-    for ins in f.instrs:
-        if ins.target is None or ins.target not in f.labels:
-            continue
-        tgt = f.labels[ins.target]
-        if tgt < ins.addr:  # (a branch to itself is the idle loop after EXIT)
-            loops.append(Loop(tgt, ins.addr, 0))
-    # Several back edges to one header (a `continue`) are one loop: keep the widest.
-    by_start: Dict[int, Loop] = {}
-    for lp in loops:
-        if lp.start not in by_start or lp.end > by_start[lp.start].end:
-            by_start[lp.start] = lp
-    loops = sorted(by_start.values(), key=lambda lp: (lp.start, -lp.end))
-    addrs = [i.addr for i in f.instrs if i.op != "NOP"]
-    for lp in loops:
-        lp.size = sum(1 for a in addrs if lp.start <= a <= lp.end)
+    for h, body in bodies.items():
+        addrs = frozenset(ins[k].addr for n in body for k in range(blocks[n][0], blocks[n][1] + 1))
+        size = sum(1 for a in addrs if ins[index[a]].op != "NOP")
+        loops.append(Loop(ins[blocks[h][0]].addr, max(addrs), size, addrs=addrs))
+    loops.sort(key=lambda lp: (lp.start, -lp.size))
     for i, lp in enumerate(loops):
-        parents = [j for j, o in enumerate(loops) if j != i and o.start <= lp.start and lp.end <= o.end
-                   and (o.start, -o.end) < (lp.start, -lp.end)]
-        if parents:
-            lp.parent = max(parents, key=lambda j: (loops[j].start, -loops[j].end))
-            lp.depth = len(parents)
+        outer = [j for j, o in enumerate(loops) if j != i and lp.addrs < o.addrs]
+        if outer:
+            lp.parent = min(outer, key=lambda j: loops[j].size)
+            lp.depth = len(outer)
     for i, lp in enumerate(loops):
         lp.own = lp.size - sum(c.size for c in loops if c.parent == i)
     f.loops = loops

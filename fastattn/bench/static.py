@@ -59,7 +59,7 @@ from .sass import H200, Card
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "static"
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 # CUDA kernels that must use the tensor cores: by source path or (demangled) kernel name. A .cu file can say
 # otherwise in a comment: "fastattn-static: matmul" (every kernel in it), "fastattn-static: no-matmul" (none), or
 # "fastattn-static: skip" (not compiled here, e.g. a file only for the CPU emulation build).
@@ -162,6 +162,7 @@ class KernelRow:
     mix: Dict[str, int] = field(default_factory=dict)
     loops: List[LoopInfo] = field(default_factory=list)
     matmul: bool = False
+    outside_loops: int = 0  # instructions in no loop
     compile_s: float = 0.0
     cached: bool = False
     error: str = ""
@@ -406,6 +407,7 @@ def compile_cuda(src: Path, arch: int, tools: Tools, cache: Cache, headers: str)
         if fn is not None:
             row.mix = sass.instruction_mix(fn.instrs)
             row.loops = [LoopInfo(lp.size, lp.own, lp.depth) for lp in fn.loops]
+            row.outside_loops = fn.outside_loops
         rows.append(row)
     if not rows:
         rows = [KernelRow("cuda", "(no kernels)", _rel(src), name, compile_s=dt, key=key)]
@@ -557,11 +559,10 @@ def _py_loops(path: str) -> Tuple[PyLoop, ...]:
 def _name_loops(fn: sass.Function) -> List[LoopInfo]:
     """Each SASS loop, named after the innermost Python loop that most of its own instructions come from."""
     out = []
-    for i, lp in enumerate(fn.loops):
-        nested = [(c.start, c.end) for c in fn.loops if c.parent == i]
+    for lp in fn.loops:
         votes: Dict[PyLoop, int] = {}
-        for ins in fn.in_range(lp.start, lp.end):
-            if ins.file is None or ins.line is None or any(a <= ins.addr <= b for a, b in nested):
+        for ins in fn.in_loop(lp, own=True):
+            if ins.file is None or ins.line is None:
                 continue
             if not ins.file.endswith(".py") or not os.path.isfile(ins.file):
                 continue
@@ -629,6 +630,7 @@ def compile_triton(launch: Launch, arch: int, tools: Tools, cache: Cache, matmul
         if fn is not None:
             row.mix = sass.instruction_mix(fn.instrs)
             row.loops = _name_loops(fn)
+            row.outside_loops = fn.outside_loops
     except Exception as e:  # noqa: BLE001 - a compile failure is a row (and a failed check), not a crash
         row.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
         row.compile_s = time.monotonic() - t0
@@ -778,6 +780,20 @@ def attention_cases(full: bool) -> List[TritonCase]:
                           matmul=("_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel") if dt != "fp32" else (),
                           flops=flops)
 
+    def fwd_tma(b, h, s, d, causal, headline):
+        def call():
+            import torch
+            from fastattn.triton import attention as A
+            t = lambda: _meta((b, h, s, d), torch.bfloat16)  # noqa: E731
+            A._attention_fwd_tma(t(), t(), t(), causal, d ** -0.5, t(), _meta((b, h, s), torch.float32))
+        hot = {} if causal else {"_attn_fwd_tma_kernel": lambda a: [
+            ("_attn_fwd_tma_inner", "for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPEC)",
+             [a["Sk"] // a["BLOCK_N"], 0])]}
+        return TritonCase(f"attention fwd TMA (FASTATTN_TRITON_HOPPER=1) bf16 B{b} H{h} S{s} D{d}"
+                          f"{' causal' if causal else ''}", "attention", call, 4 * b * h * s * d * 2, hot,
+                          matmul=("_attn_fwd_tma_kernel",), headline=headline,
+                          flops=4 * b * h * s * s * d * (0.5 if causal else 1.0))
+
     def decode(b, kv, headline):
         def call():
             import torch
@@ -788,7 +804,8 @@ def attention_cases(full: bool) -> List[TritonCase]:
                           matmul=("_decode_split_kernel",), headline=headline)
 
     out = [fwd(4, 16, 4096, 128, False, "bf16", True), fwd(4, 16, 4096, 128, True, "bf16", True),
-           bwd(4, 16, 4096, 128, False, "bf16", True), decode(1, 8192, True)]
+           bwd(4, 16, 4096, 128, False, "bf16", True), fwd_tma(4, 16, 4096, 128, False, True),
+           decode(1, 8192, True)]
     if full:
         for d in (64, 128, 256):
             for causal in (False, True):
@@ -798,6 +815,7 @@ def attention_cases(full: bool) -> List[TritonCase]:
                 if (d, causal) != (128, False):
                     out.append(bwd(4, h, 4096, d, causal, "bf16", False))
         out.append(fwd(4, 16, 4096, 128, False, "fp32", False))
+        out += [fwd_tma(4, 16, 4096, 128, True, False), fwd_tma(4, 32, 4096, 64, False, False)]
         for b in (16, 64):
             out.append(decode(b, 8192, False))
     return out
@@ -825,7 +843,7 @@ def estimate(case: TritonCase, launch: Launch, row: KernelRow, card: Card = H200
             hot.append((label, lp.own, int(n)))
             per_program += lp.own * int(n)
     # Code outside every loop runs once per program (an upper bound: branches may skip some of it).
-    rest = row.mix.get("total", 0) - sum(lp.size for lp in row.loops if lp.depth == 0)
+    rest = row.outside_loops
     hot.append(("(whole kernel, no loop)" if not row.loops else "(outside loops, once)", rest, 1))
     per_program += rest
     warps = launch.options.get("num_warps", 4)
