@@ -30,8 +30,9 @@ path or name matches MATMUL_PATTERN; Triton: attention with 16-bit inputs) has n
 compile fails. Triton spills are reported and listed, but do not fail (``--strict-triton`` makes them fail).
 
 Results are cached by source hash (FASTATTN_STATIC_CACHE, default ~/.cache/fastattn/static), so a re-run
-without source changes compiles nothing. Missing nvcc or Triton: that half is skipped with a message.
-"""
+without source changes compiles nothing. FASTATTN_STATIC_NVCC_FLAGS adds nvcc flags (e.g. -std=c++20). Missing
+nvcc or Triton: that half is skipped with a message. A .cu file may carry "fastattn-static: skip / matmul /
+no-matmul" (see MATMUL_PATTERN)."""
 from __future__ import annotations
 
 import argparse
@@ -368,7 +369,9 @@ def compile_cuda(src: Path, arch: int, tools: Tools, cache: Cache, headers: str)
     marks = _markers(src)
     if "skip" in marks:
         return [KernelRow("cuda", "(no kernels)", _rel(src), name, error="")]
-    flags = NVCC_FLAGS + [f"-arch={name}", "-cubin", "-Xptxas", "-v", "-I", str(CSRC), "-I", str(src.parent)]
+    extra = os.environ.get("FASTATTN_STATIC_NVCC_FLAGS", "").split()   # e.g. "-std=c++20 -DFOO"
+    flags = NVCC_FLAGS + extra + [f"-arch={name}", "-cubin", "-Xptxas", "-v", "-I", str(CSRC), "-I",
+                                  str(src.parent)]
     key = _sha("cuda", CACHE_VERSION, src.read_bytes(), headers, flags, _tool_version(tools.nvcc),
                tools.nvdisasm and _tool_version(tools.nvdisasm))
     hit = cache.get(key)
@@ -1012,8 +1015,9 @@ def markdown(rep: Report) -> str:
     if rep.estimates:
         L += ["## Issue time vs memory floor (H200, headline shapes; predictions)", "",
               "issue = (SASS instructions of the hot loops per iteration × iterations + those outside every loop, "
-              "once) × warps × programs per SM ÷ (4 issue slots × clock); floor = bytes ÷ copy bandwidth (attention: also FLOPs ÷ bf16 peak, "
-              "the larger). Issue > floor: the kernel cannot reach the floor (issue-bound).", "",
+              "once) × warps × programs per SM ÷ (4 issue slots × clock); floor = bytes ÷ copy bandwidth "
+              "(attention: also FLOPs ÷ bf16 peak, the larger). Issue > floor: the kernel cannot reach the floor "
+              "(issue-bound).", "",
               "| case | kernel | programs | warps | hot loops (instr/iter × iters) | instr/program | issue µs | "
               "floor µs | issue/floor | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
         for e in rep.estimates:
