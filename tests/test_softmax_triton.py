@@ -132,6 +132,22 @@ def test_special_rows(scheme):
     assert torch.equal(y[3, ::2], torch.zeros_like(y[3, ::2]))
 
 
+@pytest.mark.parametrize("width", [1024, 1025, 1536])
+def test_online_last_tile_kept(width):
+    """The online kernel keeps its last tile in registers for pass 2: tile counts with a full last tile, a last
+    tile of one element, the row max in the last tile, an all -inf last tile, a NaN only in the last tile."""
+    x = randn(5, width, device=_dev(), seed=width, scale=3.0)
+    x[1, -1] = 40.0                      # the max, in the last tile
+    x[2, 1024:] = float("-inf")          # the last tile(s) all -inf
+    x[3] = float("-inf")
+    x[4, -1] = float("nan")
+    y = tsm.softmax_fwd(x, None, 0.9, max_fused=512)
+    assert tsm._plan(5, width, x.device, 512, None)[0] == "online"
+    assert_rel(y[:3], _ref(x[:3], 1 / 0.9), REL_TOL[torch.float32], f"online {width}")
+    assert torch.equal(y[3], torch.zeros_like(y[3]))
+    assert torch.isnan(y[4]).all()
+
+
 def test_empty_launch_nothing():
     for shape in ((0, 5), (3, 0)):
         x = torch.empty(shape, device=_dev())

@@ -27,6 +27,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="a subset of the shapes, at most ~2 minutes on an H100")
     mode.add_argument("--full", action="store_true", help="every docs/benchmarks.md shape (the default)")
+    p.add_argument("--static", action="store_true",
+                   help="no GPU needed: compile every CUDA kernel and the Triton configs the launchers pick, print "
+                        "registers, spills, occupancy, instruction mix and issue-time estimates "
+                        "(fastattn/bench/static.py; `--static --help` for its options)")
     p.add_argument("--op", action="append", type=_csv(str), metavar="OPS",
                    help="sections to run, comma-separated: attention (attention_fwd, attention_bwd), decode, mask "
                         "(mask_fwd, mask_bwd), softmax, sampling, e2e")
@@ -72,6 +76,10 @@ def _filter_tag(args) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     t_start = time.monotonic()
+    raw = sys.argv[1:] if argv is None else list(argv)
+    if "--static" in raw:  # a mode of its own (own options; must decide about TRITON_INTERPRET before triton loads)
+        from .static import main as static_main
+        return static_main(raw)
     args = parse_args(argv)
     import torch  # noqa: F401 - importing torch does not import triton
 

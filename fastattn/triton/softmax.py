@@ -42,8 +42,10 @@ LOG2E = 1.4426950408889634
 # 32k it spills 104 B a thread).
 MAX_FUSED = 32768
 MAX_FUSED_BWD = 16384
-# Tile width of the online scheme, and the smallest and largest chunk of the split scheme.
-ONLINE_BLOCK = 8192
+# Tile width of the online scheme (32 warps, one program per SM, as the rows kernel: 132 rows in flight on an
+# H200 instead of 528 at 8k tiles, so that more of the second pass hits L2; see benchmarks/NOTES.md), and the
+# smallest and largest chunk of the split scheme.
+ONLINE_BLOCK = 32768
 MIN_CHUNK = 2048
 # A rows-kernel tile holds at least this many elements, so narrow rows are batched BLOCK_R to a program.
 MIN_TILE = 4096
@@ -134,27 +136,33 @@ def _softmax_fwd_rows_kernel(x_ptr, y_ptr, inv_t_ptr, inv_temp, n_rows, n_cols,
 def _softmax_fwd_online_kernel(x_ptr, y_ptr, inv_t_ptr, inv_temp, n_cols, n_tiles,
                                HAS_INV_T: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (rows,). Pass 1 streams the row in BLOCK_N tiles keeping a running max m and a running sum
-    s = sum exp2(a - m) (rescaled when m grows); pass 2 re-reads the tiles, last first, and writes y."""
+    s = sum exp2(a - m) (rescaled when m grows). Its last tile (the only partial one: n_tiles = cdiv(n_cols,
+    BLOCK_N), so the other tiles need no mask) stays in registers: pass 2 writes it first without reading it
+    again, then re-reads the other tiles, newest first (the bytes read most recently, still in L2), and writes y."""
     row = tl.program_id(0)
     base = row.to(tl.int64) * n_cols
     c = _row_inv_t(inv_t_ptr, row, True, inv_temp, HAS_INV_T) * 1.4426950408889634
     cols = tl.arange(0, BLOCK_N)
     m = tl.full([], float("-inf"), tl.float32)
     s = tl.zeros([], tl.float32)
-    for t in range(0, n_tiles):
-        o = t * BLOCK_N + cols
-        a = tl.load(x_ptr + base + o, mask=o < n_cols, other=float("-inf")).to(tl.float32) * c
+    for t in range(0, n_tiles - 1):
+        a = tl.load(x_ptr + base + t * BLOCK_N + cols).to(tl.float32) * c
         m_new = tl.maximum(m, tl.max(a, axis=0))
         sh = _shift(m_new)
         # m == -inf (nothing finite yet): exp2(-inf - sh) = 0 scales the (zero) sum.
         s = s * tl.exp2(m - sh) + tl.sum(tl.exp2(a - sh), axis=0)
         m = m_new
-    sh = _shift(m)
+    o_last = (n_tiles - 1) * BLOCK_N + cols
+    a_last = tl.load(x_ptr + base + o_last, mask=o_last < n_cols, other=float("-inf")).to(tl.float32) * c
+    m_new = tl.maximum(m, tl.max(a_last, axis=0))
+    sh = _shift(m_new)
+    s = s * tl.exp2(m - sh) + tl.sum(tl.exp2(a_last - sh), axis=0)
     r = tl.where(s == 0.0, 0.0, 1.0 / s)
-    for i in range(0, n_tiles):
+    tl.store(y_ptr + base + o_last, (tl.exp2(a_last - sh) * r).to(y_ptr.dtype.element_ty), mask=o_last < n_cols)
+    for i in range(1, n_tiles):
         o = (n_tiles - 1 - i) * BLOCK_N + cols
-        a = tl.load(x_ptr + base + o, mask=o < n_cols, other=float("-inf")).to(tl.float32) * c
-        tl.store(y_ptr + base + o, (tl.exp2(a - sh) * r).to(y_ptr.dtype.element_ty), mask=o < n_cols)
+        a = tl.load(x_ptr + base + o).to(tl.float32) * c
+        tl.store(y_ptr + base + o, (tl.exp2(a - sh) * r).to(y_ptr.dtype.element_ty))
 
 
 @triton.jit
