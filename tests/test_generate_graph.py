@@ -10,7 +10,7 @@ import torch
 
 import fastattn
 from fastattn.models import Decoder, DecoderConfig
-from fastattn.models.common import EosStop, draw, row_seeds
+from fastattn.models.common import EosStop, draw, graph_steps, row_seeds
 
 TINY = dict(vocab_size=61, max_seq_len=64, d_model=32, n_layers=2, n_heads=4)
 VARIANTS = {"mha": {}, "gqa": dict(n_kv_heads=2), "alibi": dict(position="alibi")}
@@ -106,15 +106,15 @@ def test_cuda_graph_tokens_equal_eager(variant, case):
     want = model.generate(ids, 16, **kw)
     got = model.generate(ids, 16, cuda_graph=True, **kw)
     assert torch.equal(got, want)
-    (step,) = model._graph_steps.values()
+    (step,) = graph_steps(model).values()
     graph = step.graph
     again = model.generate(ids, 16, cuda_graph=True, **kw)      # same settings: the captured graph is replayed
     assert torch.equal(again, want)
-    assert next(iter(model._graph_steps.values())) is step and step.graph is graph
+    assert next(iter(graph_steps(model).values())) is step and step.graph is graph
     ids4 = _prompt(4, 5, seed=3, device="cuda")
     kw4 = {k: (torch.cat([v, v[:1]]) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
     assert torch.equal(model.generate(ids4, 9, cuda_graph=True, **kw4), model.generate(ids4, 9, **kw4))
-    assert next(iter(model._graph_steps.values())) is not step  # a new batch size: captured again
+    assert next(iter(graph_steps(model).values())) is not step  # a new batch size: captured again
 
 
 @pytest.mark.gpu
@@ -126,3 +126,56 @@ def test_cuda_graph_eos_stops_like_eager():
     want = model.generate(ids, 12, temperature=0.0, eos_token_id=eos, pad_token_id=60)
     got = model.generate(ids, 12, temperature=0.0, eos_token_id=eos, pad_token_id=60, cuda_graph=True)
     assert torch.equal(got, want)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# EncoderDecoder: the same static step
+# ----------------------------------------------------------------------------------------------------------
+
+def _t5(device="cpu", backend="torch"):
+    from fastattn.models import EncoderDecoder, EncoderDecoderConfig
+    torch.manual_seed(0)
+    model = EncoderDecoder(EncoderDecoderConfig(vocab_size=40, d_model=16, n_heads=2, head_dim=8, d_ff=24,
+                                                n_layers=2, rel_buckets=8, rel_max_distance=16),
+                           attn_backend=backend).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 1.0)
+    return model.to(device)
+
+
+T5_CASES = {"greedy": dict(), "sampled": dict(temperature=0.9, top_p=0.9, seed=torch.tensor([5, 6, 7]))}
+
+
+@pytest.mark.parametrize("case", list(T5_CASES))
+def test_t5_static_step_equals_the_uncached_recompute(case):
+    model = _t5()
+    ids = _prompt(3, 6) % 40
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    kw = T5_CASES[case]
+    got = model.generate(ids, 9, mask, **kw)
+    assert torch.equal(got, model.generate(ids, 9, mask, use_cache=False, **kw))
+
+
+def test_t5_cuda_graph_needs_a_cuda_model():
+    model = _t5()
+    with pytest.raises(ValueError, match="cuda_graph=True needs use_cache=True and the model and input_ids on a CUDA"):
+        model.generate(_prompt(1, 3) % 40, 2, cuda_graph=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(T5_CASES))
+def test_t5_cuda_graph_tokens_equal_eager(case):
+    model = _t5("cuda", backend="auto").half()
+    ids = (_prompt(3, 6) % 40).cuda()
+    mask = torch.ones(3, 6, dtype=torch.long, device="cuda")
+    mask[1, 4:] = 0
+    kw = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in T5_CASES[case].items()}
+    want = model.generate(ids, 12, mask, **kw)
+    assert torch.equal(model.generate(ids, 12, mask, cuda_graph=True, **kw), want)
+    (step,) = graph_steps(model).values()
+    ids2 = (_prompt(3, 6, seed=4) % 40).cuda()                  # new inputs, same shapes: the graph is replayed
+    assert torch.equal(model.generate(ids2, 12, mask, cuda_graph=True, **kw), model.generate(ids2, 12, mask, **kw))
+    assert next(iter(graph_steps(model).values())) is step

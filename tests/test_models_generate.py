@@ -238,22 +238,28 @@ def test_t5_cached_decode_matches_full_decode():
 
 
 def test_t5_decode_steps_attend_one_query_to_the_cache(monkeypatch):
-    """Each cached decode step is one fastattn.attention call per layer: Sq = 1 against the cache so far, with the
-    relative position bias row of the new position."""
-    shapes = []
+    """Each cached decode step is one fastattn.attention call per layer: Sq = 1 against the static cache
+    (max_new_tokens positions, the same shapes every step), with the relative position bias row of the new
+    position and a key mask that admits exactly the positions filled so far."""
+    calls = []
     real = fastattn.attention
 
     def recording(q, k, v, **kw):
-        if kw.get("causal"):                                   # decoder self-attention
-            shapes.append((q.shape[2], k.shape[2], tuple(kw["bias"].shape)))
+        if kw.get("bias") is not None and q.shape[2] == 1:           # decoder self-attention
+            calls.append((k.shape[2], tuple(kw["bias"].shape), kw["key_padding_mask"].clone(), kw["bias"].clone()))
         return real(q, k, v, **kw)
 
     monkeypatch.setattr(fastattn, "attention", recording)
     model = _t5()
     ids, mask = _pad(_prompts(40))
     model.generate(ids, 4, mask)
-    L, H = model.config.n_decoder_layers, model.config.n_heads
-    assert shapes == [s for t in range(1, 5) for s in [(1, t, (1, H, 1, t))] * L]
+    L, H, B = model.config.n_decoder_layers, model.config.n_heads, ids.shape[0]
+    assert [c[:2] for c in calls] == [(4, (1, H, 1, 4))] * (4 * L)
+    for i, (_, _, valid, bias) in enumerate(calls):
+        t = i // L                                                   # the step: position t is the new token's
+        assert torch.equal(valid, (torch.arange(4) <= t).expand(B, 4))
+        want = model.dec_pos_bias(t + 1, t + 1)[:, :, -1:]          # (1, H, 1, t + 1): the dynamic path's row
+        assert torch.equal(bias[..., :t + 1], want)
 
 
 @pytest.mark.parametrize("backend", ["torch", "sdpa"])

@@ -219,3 +219,97 @@ class EosStop:
     @property
     def done(self) -> bool:
         return self.eos is not None and bool(self.finished.all())   # one host sync a step, only with an eos id
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The decode step of generate over static buffers, eager or replayed from a CUDA graph
+# ----------------------------------------------------------------------------------------------------------
+
+class DecodeStep:
+    """One decode step of generate: ``logits_fn(tok)`` (the model on the last tokens (B,), against its static
+    KV cache) then the draw, over buffers updated in place, eager or replayed from a captured CUDA graph.
+
+    State on the device only: the last token ``tok`` (B,), the step number ``t`` (int64 ()), the per-row base
+    seeds, the eos bookkeeping and the model's cache (fixed shapes), so that a captured step is the same work as
+    an eager one and no host value enters the graph. Python-number sampling settings are constants of the
+    captured graph (hence part of ``key``); tensor settings are copied into static buffers.
+    """
+
+    def __init__(self, logits_fn, device: torch.device, batch: int, seeds: Optional[Tensor], stop: EosStop,
+                 sampling: dict, key: tuple):
+        self.logits_fn, self.stop, self.key_ = logits_fn, stop, key
+        self.seeds = None if seeds is None else seeds.clone()
+        self.sampling = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in sampling.items()}
+        self.tok = torch.zeros(batch, dtype=torch.int64, device=device)   # (B,)
+        self.t = torch.zeros((), dtype=torch.int64, device=device)
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.graph_ready = False
+
+    @staticmethod
+    def key(batch: int, max_len: int, weight: Tensor, seeds: Optional[Tensor], stop: EosStop, sampling: dict,
+            *extra) -> tuple:
+        def k(v):
+            return ("tensor", v.dtype, tuple(v.shape)) if isinstance(v, Tensor) else v
+        eos = None if stop.eos is None else (stop.ids, stop.pad)
+        gen = sampling.get("generator")
+        return (batch, max_len, weight.dtype, weight.device, seeds is None, id(gen) if gen is not None else None,
+                eos) + tuple(k(sampling[n]) for n in ("temperature", "top_k", "top_p", "min_p")) + extra
+
+    def reset(self, seeds: Optional[Tensor], stop: EosStop, sampling: dict) -> None:
+        """Reuse these buffers (and a captured graph) for a new generate call with the same key; the caller
+        resets its cache."""
+        for n, v in sampling.items():
+            if isinstance(v, Tensor):
+                self.sampling[n].copy_(v)
+        if seeds is not None:
+            self.seeds.copy_(seeds)
+        self.stop.finished.copy_(stop.finished)
+        self.t.zero_()
+
+    def _draw(self, logits: Tensor) -> None:
+        tok = self.stop(draw(logits, self.t, self.seeds, **self.sampling))   # (B,)
+        self.tok.copy_(tok)
+        self.t += 1
+
+    def first(self, logits: Tensor) -> Tensor:
+        """Step 0: the draw from the prompt's logits (always eager)."""
+        self._draw(logits)
+        return self.tok
+
+    def _body(self) -> None:
+        self._draw(self.logits_fn(self.tok))
+
+    def __call__(self, cuda_graph: bool) -> Tensor:
+        """The next token (B,), in a buffer the next step overwrites. With cuda_graph: the first call runs the
+        step eagerly on a side stream (a warm-up, as CUDA graphs want) and captures it; later calls replay it."""
+        if not cuda_graph:
+            self._body()
+        elif self.graph_ready:
+            self.graph.replay()
+        else:
+            dev = self.tok.device
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                self._body()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            # Capture records the step's kernels without running them: the buffers keep their values.
+            self.graph = torch.cuda.CUDAGraph()
+            gen = self.sampling.get("generator")
+            if gen is not None:
+                self.graph.register_generator_state(gen)
+            with torch.cuda.graph(self.graph):
+                self._body()
+            self.graph_ready = True
+        return self.tok
+
+
+def graph_steps(model: nn.Module) -> dict:
+    """The model's captured decode step, by key (at most one: the newest settings)."""
+    return model.__dict__.setdefault("_graph_steps_", {})
+
+
+def keep_graph_step(model: nn.Module, step: DecodeStep) -> None:
+    steps = graph_steps(model)
+    steps.clear()
+    steps[step.key_] = step

@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .common import (EosStop, SwitchesAttnBackend, UsesAttend, activation, attend, attend_decode,
-                     check_attn_backend, copy_, draw, hf_activation, row_seeds)
+from .common import (DecodeStep, EosStop, SwitchesAttnBackend, UsesAttend, activation, attend, attend_decode,
+                     check_attn_backend, copy_, graph_steps, hf_activation, keep_graph_step, row_seeds)
 
 
 @dataclass
@@ -289,17 +289,19 @@ class Decoder(SwitchesAttnBackend):
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator)
         seeds = row_seeds(seed, B, input_ids.device)
         stop = EosStop(eos_token_id, pad_token_id, B, input_ids.device)
-        step = None
-        if cuda_graph:
-            step = self._graph_steps.get(_DecodeStep.key(B, T + max_new_tokens, self.wte.weight, seeds, stop,
-                                                         sampling))
+        key = DecodeStep.key(B, T + max_new_tokens, self.wte.weight, seeds, stop, sampling)
+        step = graph_steps(self).get(key) if cuda_graph else None
         if step is None:
-            step = _DecodeStep(self, self.new_cache(B, T + max_new_tokens), seeds, stop, sampling)
+            cache = self.new_cache(B, T + max_new_tokens)
+            step = DecodeStep(lambda tok: self(tok.view(B, 1), cache)[:, -1], cache.lengths.device, B, seeds, stop,
+                              sampling, key)
+            step.cache = cache
             if cuda_graph:
-                self._graph_steps.clear()  # one captured step per model: the newest settings
-                self._graph_steps[step.key_] = step
+                keep_graph_step(self, step)
         else:
             step.reset(seeds, stop, sampling)
+            step.cache.lengths.zero_()
+            step.cache.empty = True
         cache, stop = step.cache, step.stop
         logits = self(input_ids, cache, attention_mask)                  # (B, T, V)
         if attention_mask is None:
@@ -312,15 +314,9 @@ class Decoder(SwitchesAttnBackend):
         for t in range(1, max_new_tokens):
             if stop.done:
                 break
-            tok = step.replay() if cuda_graph and step.graph_ready else step.eager(capture_next=cuda_graph)
+            tok = step(cuda_graph)
             out.append(tok.clone().view(B, 1))                           # (B,) -> (B, 1); the buffer is reused
         return torch.cat(out, dim=1)
-
-    @property
-    def _graph_steps(self) -> dict:
-        if "_graph_steps_" not in self.__dict__:
-            self.__dict__["_graph_steps_"] = {}
-        return self.__dict__["_graph_steps_"]
 
     @classmethod
     def from_hf(cls, model, attn_backend: str = "auto") -> "Decoder":
@@ -354,86 +350,3 @@ class Decoder(SwitchesAttnBackend):
             copy_(ours.lm_head.weight, model.lm_head.weight, "lm_head")
         return ours.train(model.training)
 
-
-class _DecodeStep:
-    """One decode step of Decoder.generate over static buffers, eager or replayed from a CUDA graph.
-
-    State on the device only: the KV cache (fixed shapes), the last token ``tok`` (B,), the step number ``t``
-    (int64 ()), the per-row base seeds and the eos bookkeeping, all updated in place, so that a captured step is
-    the same work as an eager one and no host value enters the graph. Python-number sampling settings are
-    constants of the captured graph (hence part of ``key``); tensor settings are copied into static buffers.
-    """
-
-    def __init__(self, model: "Decoder", cache: KVCache, seeds: Optional[Tensor], stop: EosStop, sampling: dict):
-        self.model, self.cache, self.stop = model, cache, stop
-        dev = cache.lengths.device
-        self.key_ = self.key(cache.lengths.shape[0], cache.max_len, model.wte.weight, seeds, stop, sampling)
-        self.seeds = None if seeds is None else seeds.clone()
-        self.sampling = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in sampling.items()}
-        self.tok = torch.zeros(cache.lengths.shape[0], dtype=torch.int64, device=dev)   # (B,)
-        self.t = torch.zeros((), dtype=torch.int64, device=dev)
-        self.graph: Optional[torch.cuda.CUDAGraph] = None
-        self.graph_ready = False
-
-    @staticmethod
-    def key(batch: int, max_len: int, weight: Tensor, seeds: Optional[Tensor], stop: EosStop, sampling: dict):
-        def k(v):
-            return ("tensor", v.dtype, tuple(v.shape)) if isinstance(v, Tensor) else v
-        eos = None if stop.eos is None else (stop.ids, stop.pad)
-        gen = sampling.get("generator")
-        return (batch, max_len, weight.dtype, weight.device, seeds is None, id(gen) if gen is not None else None,
-                eos) + tuple(k(sampling[n]) for n in ("temperature", "top_k", "top_p", "min_p"))
-
-    def reset(self, seeds: Optional[Tensor], stop: EosStop, sampling: dict) -> None:
-        """Reuse these buffers (and a captured graph) for a new generate call with the same key."""
-        for n, v in sampling.items():
-            if isinstance(v, Tensor):
-                self.sampling[n].copy_(v)
-        self.cache.lengths.zero_()
-        self.cache.empty = True
-        if seeds is not None:
-            self.seeds.copy_(seeds)
-        self.stop.finished.copy_(stop.finished)
-        self.t.zero_()
-
-    def _draw(self, logits: Tensor) -> None:
-        tok = self.stop(draw(logits, self.t, self.seeds, **self.sampling))   # (B,)
-        self.tok.copy_(tok)
-        self.t += 1
-
-    def first(self, logits: Tensor) -> Tensor:
-        self._draw(logits)
-        return self.tok
-
-    def _body(self) -> None:
-        B = self.tok.shape[0]
-        logits = self.model(self.tok.view(B, 1), self.cache)[:, -1]     # (B, 1, V) -> (B, V)
-        self._draw(logits)
-
-    def eager(self, capture_next: bool = False) -> Tensor:
-        """Run one step now; with capture_next, on a side stream (a warm-up, as CUDA graphs want), then capture
-        the step so that the next call replays it."""
-        if not capture_next:
-            self._body()
-            return self.tok
-        side = torch.cuda.Stream(device=self.tok.device)
-        side.wait_stream(torch.cuda.current_stream(self.tok.device))
-        with torch.cuda.stream(side):
-            self._body()
-        torch.cuda.current_stream(self.tok.device).wait_stream(side)
-        self._capture()
-        return self.tok
-
-    def _capture(self) -> None:
-        # Capture records the step's kernels without running them: the buffers keep their values.
-        gen = self.sampling.get("generator")
-        self.graph = torch.cuda.CUDAGraph()
-        if gen is not None:
-            self.graph.register_generator_state(gen)
-        with torch.cuda.graph(self.graph):
-            self._body()
-        self.graph_ready = True
-
-    def replay(self) -> Tensor:
-        self.graph.replay()
-        return self.tok

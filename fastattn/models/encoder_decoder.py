@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .common import (Attention, EosStop, RMSNorm, SwitchesAttnBackend, activation, check_attn_backend, copy_,
-                     draw, hf_activation, row_seeds)
+from .common import (Attention, DecodeStep, EosStop, RMSNorm, SwitchesAttnBackend, activation, check_attn_backend,
+                     copy_, draw, graph_steps, hf_activation, keep_graph_step, row_seeds)
 
 
 @dataclass
@@ -72,6 +72,11 @@ class RelativePositionBias(nn.Module):
                          * (n - exact)).long()
         large = torch.clamp(large, max=n - 1)
         return out + torch.where(rel < exact, rel, large)
+
+    def at(self, pos: Tensor, sk: int) -> Tensor:
+        """The bias of one query at position ``pos`` (an int64 () tensor) against keys 0 .. sk-1: (1, H, 1, Sk)."""
+        rel = torch.arange(sk, device=pos.device).view(1, sk) - pos                               # (1, Sk)
+        return self.embedding(self.bucket(rel)).permute(2, 0, 1).unsqueeze(0)   # (1, Sk, H) -> (1, H, 1, Sk)
 
     def forward(self, sq: int, sk: int) -> Tensor:
         """Query i sits at position i + sk - sq: aligned bottom-right, like causal attention, so that Sq new decoder
@@ -130,7 +135,14 @@ class DecoderLayer(nn.Module):
         """x (B, T, C): the decoder tokens, or with ``cache`` the T new ones after cache.length cached ones;
         pos_bias (1, H, T, cache.length + T) then."""
         h = self.norm_self(x)
-        if cache is None:
+        if cache is not None and cache.static:  # one token at cache.pos; the mask keeps later positions out
+            k, v = self.self_attn.kv(h)                                  # (B, H, 1, D) each
+            cache.k[layer].index_copy_(2, cache.pos.view(1), k)
+            cache.v[layer].index_copy_(2, cache.pos.view(1), v)
+            x = x + self.drop(self.self_attn(h, bias=pos_bias, key_padding_mask=cache.valid,
+                                             kv=(cache.k[layer], cache.v[layer])))
+            cross = cache.cross[layer]
+        elif cache is None:
             x = x + self.drop(self.self_attn(h, causal=True, bias=pos_bias))
             cross = None
         else:  # append the new keys and values, then attend to all of them (causal aligned bottom-right)
@@ -153,10 +165,16 @@ class Seq2SeqCache:
     (B, H, S, D), layer i's cross-attention keys and values of the encoder output, projected once.
     """
 
-    def __init__(self, k: List[Tensor], v: List[Tensor], cross: List[Tuple[Tensor, Tensor]]):
+    def __init__(self, k: List[Tensor], v: List[Tensor], cross: List[Tuple[Tensor, Tensor]], static: bool = False):
         self.k, self.v, self.cross = k, v, cross
         self.max_len = k[0].shape[2] if k else 0
         self.length = 0
+        # static: one token a step at position ``pos`` (an int64 () tensor on the device, so that every step has
+        # the same shapes and no host value, as a CUDA graph needs); attention covers the whole cache with
+        # ``valid`` (B, max_len), True at positions <= pos. ``length`` is then not kept.
+        self.static = static
+        self.pos = torch.zeros((), dtype=torch.int64, device=k[0].device) if k else None
+        self.valid: Optional[Tensor] = None
 
 
 class EncoderDecoder(SwitchesAttnBackend):
@@ -189,14 +207,15 @@ class EncoderDecoder(SwitchesAttnBackend):
             x = layer(x, bias, kpm)
         return self.drop(self.enc_norm(x))
 
-    def new_cache(self, memory: Tensor, max_len: int) -> Seq2SeqCache:
+    def new_cache(self, memory: Tensor, max_len: int, static: bool = False) -> Seq2SeqCache:
         """An empty decoder cache for up to max_len decoder tokens, with the cross-attention keys and values of
-        the encoder output memory (B, S, C)."""
+        the encoder output memory (B, S, C). static: decode one token a step at a device-side position (the
+        cache of generate, and what a CUDA graph can capture); see Seq2SeqCache."""
         c, (B, _, _) = self.config, memory.shape
         shape = (B, c.n_heads, max_len, c.head_dim)
         k = [memory.new_zeros(shape) for _ in self.dec_layers]
         v = [memory.new_zeros(shape) for _ in self.dec_layers]
-        return Seq2SeqCache(k, v, [layer.cross_attn.kv(memory) for layer in self.dec_layers])
+        return Seq2SeqCache(k, v, [layer.cross_attn.kv(memory) for layer in self.dec_layers], static)
 
     def decode(self, decoder_input_ids: Tensor, memory: Optional[Tensor], attention_mask: Optional[Tensor] = None,
                *, cache: Optional[Seq2SeqCache] = None) -> Tensor:
@@ -207,6 +226,8 @@ class EncoderDecoder(SwitchesAttnBackend):
         and cache.length grows by T.
         """
         T = decoder_input_ids.shape[1]
+        if cache is not None and cache.static:
+            return self._decode_static(decoder_input_ids, memory, attention_mask, cache)
         L = 0 if cache is None else cache.length
         if cache is not None and L + T > cache.max_len:
             raise ValueError(f"the cache holds {cache.max_len} decoder tokens: {L} cached + {T} new do not fit")
@@ -222,6 +243,27 @@ class EncoderDecoder(SwitchesAttnBackend):
             x = x * self.config.d_model ** -0.5
         return self.lm_head(x)
 
+    def _decode_static(self, tok: Tensor, memory: Optional[Tensor], attention_mask: Optional[Tensor],
+                       cache: Seq2SeqCache) -> Tensor:
+        """decode() of one token per sequence (B, 1) at cache.pos, against the whole static cache."""
+        B, T = tok.shape
+        if T != 1:
+            raise ValueError(f"a static Seq2SeqCache takes one decoder token a step, got {T}")
+        # Positions past cache.max_len are not checked here (that would read cache.pos on the host): generate
+        # sizes the cache for every step it takes.
+        kpm = None if attention_mask is None else attention_mask.bool()    # (B, S)
+        bias = self.dec_pos_bias.at(cache.pos, cache.max_len)                # (1, H, 1, max_len)
+        j = torch.arange(cache.max_len, device=tok.device).view(1, -1)       # (1, max_len)
+        cache.valid = (j <= cache.pos).expand(B, -1).contiguous()            # (B, max_len)
+        x = self.drop(self.shared(tok))                                      # (B, 1, C)
+        for i, layer in enumerate(self.dec_layers):
+            x = layer(x, bias, memory, kpm, cache, i)
+        cache.pos += 1
+        x = self.drop(self.dec_norm(x))
+        if self.config.scale_decoder_output:
+            x = x * self.config.d_model ** -0.5
+        return self.lm_head(x)
+
     def forward(self, input_ids: Tensor, decoder_input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         return self.decode(decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask)
 
@@ -229,32 +271,67 @@ class EncoderDecoder(SwitchesAttnBackend):
     def generate(self, input_ids: Tensor, max_new_tokens: int, attention_mask: Optional[Tensor] = None, *,
                  temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, seed=None,
                  generator: Optional[torch.Generator] = None, eos_token_id: Union[None, int, Sequence[int]] = None,
-                 pad_token_id: Optional[int] = None, use_cache: bool = True) -> Tensor:
+                 pad_token_id: Optional[int] = None, use_cache: bool = True, cuda_graph: bool = False) -> Tensor:
         """Decoder tokens (B, 1 + n), n <= max_new_tokens, starting from decoder_start_token_id.
 
         Each step draws with fastattn.sample: greedy by default (temperature 0); temperature, top_k, top_p,
         min_p, seed and generator as in Decoder.generate (per-row seed tensors make rows batch-independent).
         eos_token_id (an int or several): a finished row emits pad_token_id (default: the eos id) from then on, and
         generation stops once every row has finished. use_cache=False reruns the whole decoder every step (a
-        reference for the cached path).
+        reference for the cached path). The cache is static (max_new_tokens positions, one token a step at a
+        device-side position); cuda_graph=True (a CUDA model only) captures that step in a CUDA graph and replays
+        it, as Decoder.generate does; the captured graph is kept for later calls with the same batch size,
+        input length, max_new_tokens and sampling settings.
         """
         B, dev = input_ids.shape[0], input_ids.device
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be a bool, got {type(cuda_graph).__name__}")
+        if cuda_graph and (not use_cache or dev.type != "cuda" or self.shared.weight.device.type != "cuda"):
+            raise ValueError("cuda_graph=True needs use_cache=True and the model and input_ids on a CUDA device, got "
+                             f"input_ids on {dev} and the model on {self.shared.weight.device}; use cuda_graph=False")
         memory = self.encode(input_ids, attention_mask)                      # (B, S, C)
         seeds = row_seeds(seed, B, dev)
         stop = EosStop(eos_token_id, pad_token_id, B, dev)
-        out = torch.full((B, 1), self.config.decoder_start_token_id, dtype=torch.long, device=dev)   # (B, 1)
-        cache = self.new_cache(memory, max_new_tokens) if use_cache else None
+        start = self.config.decoder_start_token_id
+        out = [torch.full((B, 1), start, dtype=torch.long, device=dev)]     # (B, 1)
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=generator)
+        if not use_cache:
+            for t in range(max_new_tokens):
+                logits = self.decode(torch.cat(out, 1), memory, attention_mask)[:, -1]             # (B, V)
+                tok = stop(draw(logits, t, seeds, **sampling))               # (B,)
+                out.append(tok.view(B, 1))
+                if stop.done:
+                    break
+            return torch.cat(out, 1)
+        if max_new_tokens < 1:
+            return out[0]
+        mask = None if attention_mask is None else attention_mask.to(dev).bool()
+        key = DecodeStep.key(B, max_new_tokens, self.shared.weight, seeds, stop, sampling, tuple(memory.shape),
+                             mask is None)
+        step = graph_steps(self).get(key) if cuda_graph else None
+        if step is None:
+            cache = self.new_cache(memory, max_new_tokens, static=True)
+            mask_buf = None if mask is None else mask.clone()
+            step = DecodeStep(lambda tok: self.decode(tok.view(B, 1), None, mask_buf, cache=cache)[:, -1], dev, B,
+                              seeds, stop, sampling, key)
+            step.cache, step.mask = cache, mask_buf
+            if cuda_graph:
+                keep_graph_step(self, step)
+        else:  # the captured step's buffers take this call's encoder output, mask and settings
+            step.reset(seeds, stop, sampling)
+            step.cache.pos.zero_()
+            for (k, v), layer in zip(step.cache.cross, self.dec_layers):
+                nk, nv = layer.cross_attn.kv(memory)
+                k.copy_(nk)
+                v.copy_(nv)
+            if mask is not None:
+                step.mask.copy_(mask)
+        step.tok.fill_(start)
         for t in range(max_new_tokens):
-            if cache is not None:  # only the newest token: the cache holds the ones before it
-                logits = self.decode(out[:, -1:], memory, attention_mask, cache=cache)[:, -1]     # (B, V)
-            else:
-                logits = self.decode(out, memory, attention_mask)[:, -1]                           # (B, V)
-            tok = stop(draw(logits, t, seeds, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                            generator=generator))                            # (B,)
-            out = torch.cat([out, tok.view(B, 1)], dim=1)
-            if stop.done:
+            if t and step.stop.done:
                 break
-        return out
+            out.append(step(cuda_graph).clone().view(B, 1))                 # (B,) -> (B, 1); the buffer is reused
+        return torch.cat(out, 1)
 
     @classmethod
     def from_hf(cls, model, attn_backend: str = "auto") -> "EncoderDecoder":
