@@ -7,7 +7,8 @@
 # (at most 8 files come back, plain names, no deeper than 2 folders):
 #   summary.md        what ran, how long, the pass/fail lines, the benchmark's summary table
 #   build.log         pip install -e . (MAX_JOBS=16), with the build time
-#   tests.log         pytest tests -m "gpu or cuda_ext"
+#   tests.log         pytest tests -m "gpu or cuda_ext or cuda_kernel or native_cuda_ext"
+#   host.log          python3 -m fastattn.bench --host --quick (host time per call of the decode-step ops)
 #   bench.log         python3 -m fastattn.bench --quick
 #   report.md         the benchmark report
 #   results.csv       the benchmark rows
@@ -24,7 +25,10 @@ OUT=${OUT:-/tmp/fastattn-device-check}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 
-TOTAL_S=${TOTAL_S:-450}
+TOTAL_S=${TOTAL_S:-480}
+HOST_S=${HOST_S:-40}
+# Every test that needs the GPU, the nvcc build or runs the CUDA kernels (the emulated ones run here on the GPU).
+TEST_MARKERS="gpu or cuda_ext or cuda_kernel or native_cuda_ext"
 BUILD_S=${BUILD_S:-170}
 TESTS_S=${TESTS_S:-110}
 BENCH_S=${BENCH_S:-150}
@@ -61,11 +65,18 @@ ext=$(python3 -c 'from fastattn import _cuda; print(_cuda.status())' 2>&1 | tail
 # 2. The GPU tests.
 s=$(now)
 timeout --kill-after=10 "$(cap "$TESTS_S" 155)" \
-  python3 -m pytest tests -m "gpu or cuda_ext" -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -n 3
+  python3 -m pytest tests -m "$TEST_MARKERS" -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -n 3
 tests_rc=$?
 tests_s=$(secs "$s" "$(now)")
 
-# 3. The quick benchmark (its own budget keeps each section inside the stage's time).
+# 3. Host time of the decode-step ops (kernels stubbed, and the real launch).
+s=$(now)
+timeout --kill-after=5 "$(cap "$HOST_S" 120)" \
+  python3 -m fastattn.bench --host --quick --no-save > "$OUT/host.log" 2>&1
+host_rc=$?
+host_s=$(secs "$s" "$(now)")
+
+# 4. The quick benchmark (its own budget keeps each section inside the stage's time).
 s=$(now)
 bench_t=$(cap "$BENCH_S" 5)
 timeout --kill-after=10 "$bench_t" \
@@ -87,7 +98,8 @@ fi
   echo "| stage | exit | seconds | note |"
   echo "|---|---|---|---|"
   echo "| build (pip install -e ., MAX_JOBS=$MAX_JOBS) | $build_rc | $build_s | extension: $ext |"
-  echo "| tests -m \"gpu or cuda_ext\" | $tests_rc | $tests_s | $(grep -E '(passed|failed|error|skipped|no tests ran)' "$OUT/tests.log" | tail -1) |"
+  echo "| tests -m \"$TEST_MARKERS\" | $tests_rc | $tests_s | $(grep -E '(passed|failed|error|skipped|no tests ran)' "$OUT/tests.log" | tail -1) |"
+  echo "| fastattn.bench --host --quick | $host_rc | $host_s | host.log |"
   echo "| fastattn.bench --quick | $bench_rc | $bench_s | results: ${res:-none} |"
   echo
   echo "Exit 124 or 137 means the stage hit its timeout. Total: $(( $(date +%s) - t0 )) s."
@@ -95,6 +107,8 @@ fi
   if [ -f "$OUT/report.md" ]; then
     sed -n '/^## Ceilings/,/^## Softmax\|^## Sampling\|^## Decode\|^## Attention\|^## End-to-end/p' "$OUT/report.md" | sed '$d'
   fi
+  echo
+  grep -E '^\|' "$OUT/host.log" 2>/dev/null | head -8
   grep -E '^(FAILED|ERROR)' "$OUT/tests.log" | head -20 | sed 's/^/    /'
 } >> "$OUT/summary.md"
 cat "$OUT/summary.md"
