@@ -10,6 +10,7 @@ same names and schemas and take CPU tensors. ``build()`` says which one "cuda" i
 
 Kernel functions here (the set fastattn/ops checks with ``hasattr``):
     softmax_fwd(x2d, inv_temperature, inv_temp) -> y2d
+    softmax_bwd(grad2d, y2d, inv_temperature, inv_temp) -> dx2d
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from . import _emu
 
 _NOT_BUILT = "extension not built (FASTATTN_BUILD_CUDA=0 or no nvcc at install)"
 _OPS = ("softmax_fwd_cuda",)  # every op csrc/binding.cpp defines; all must be present
+# ---- cudasmp: softmax backward, sampling ----
+_OPS += ("softmax_bwd_cuda",)
+# ---- end cudasmp ----
 
 _status: "bool | str | None" = None
 _lock = threading.Lock()
@@ -104,6 +108,8 @@ def _register_fakes() -> None:
         # The CUDA kernel always returns a new contiguous tensor (never x's strides).
         return x.new_empty(x.shape)
 
+    _register_fakes_cudasmp()
+
 
 def _require() -> None:
     st = status()
@@ -121,3 +127,38 @@ def softmax_fwd(x2d: Tensor, inv_temperature: Optional[Tensor], inv_temp: float)
     if _status is not True:
         _require()
     return torch.ops.fastattn.softmax_fwd_cuda(x2d, inv_temperature, float(inv_temp))
+
+
+# ---- cudasmp: softmax backward, sampling (csrc/softmax/softmax_bwd*, csrc/sampling/) ----------------------------
+def _register_fakes_cudasmp() -> None:
+    @torch.library.register_fake("fastattn::softmax_bwd_cuda")
+    def _softmax_bwd_cuda_fake(dy: Tensor, y: Tensor, inv_temperature: Optional[Tensor], inv_temp: float) -> Tensor:
+        torch._check(y.dim() == 2, lambda: f"fastattn::softmax_bwd_cuda: y must be 2-D, got shape {tuple(y.shape)}")
+        torch._check(
+            y.dtype in (torch.float32, torch.float16, torch.bfloat16),
+            lambda: f"fastattn::softmax_bwd_cuda: y must be float32, float16 or bfloat16, got {y.dtype}",
+        )
+        torch._check(dy.shape == y.shape and dy.dtype == y.dtype,
+                     lambda: "fastattn::softmax_bwd_cuda: dy must match y's shape and dtype")
+        if inv_temperature is not None:
+            torch._check(
+                inv_temperature.dtype == torch.float32 and inv_temperature.numel() == y.shape[0],
+                lambda: "fastattn::softmax_bwd_cuda: inv_temperature must be float32 with one element per row",
+            )
+        return y.new_empty(y.shape)
+
+    # SAMPLING_FAKES
+
+
+def softmax_bwd(grad2d: Tensor, y2d: Tensor, inv_temperature: Optional[Tensor], inv_temp: float) -> Tensor:
+    """dx = y * (g - sum(g * y)) * inv_t along the last dim, fp32 math, y2d's dtype (new contiguous tensor).
+
+    grad2d, y2d: (rows, n) with y2d's dtype and device, stride 1 along n; inv_temperature / inv_temp as in
+    softmax_fwd.
+    """
+    if _status is not True:
+        _require()
+    return torch.ops.fastattn.softmax_bwd_cuda(grad2d, y2d, inv_temperature, float(inv_temp))
+
+# SAMPLING_WRAPPERS
+# ---- end cudasmp ----
