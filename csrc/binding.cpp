@@ -28,7 +28,7 @@
 #include "common/dtype.h"
 #include "softmax/softmax_fwd.h"
 // ---- cudasmp: softmax backward, sampling ----
-// SAMPLING_INCLUDE
+#include "sampling/sampling.h"
 #include "softmax/softmax_bwd.h"
 // ---- end cudasmp ----
 #include "testing/primitives_test.h"
@@ -194,7 +194,90 @@ at::Tensor softmax_bwd_cuda(const at::Tensor& dy, const at::Tensor& y, const std
   return dx;
 }
 
-// SAMPLING_BINDING
+// Checks shared by the sampling ops; returns the logits' DType. Per-row parameters: (rows,) contiguous,
+// float32 (int64 for top_k), on the logits' device, already clamped by fastattn/ops/sampling.py.
+DType check_sampling_args(const at::Tensor& logits, const std::optional<at::Tensor>& temperature_t,
+                          const std::optional<at::Tensor>& top_k_t, const std::optional<at::Tensor>& top_p_t,
+                          const std::optional<at::Tensor>& min_p_t, const char* op) {
+  TORCH_CHECK(on_kernel_device(logits), "fastattn::", op, ": logits must be a ", kDeviceWord, " tensor, got device ",
+              logits.device());
+  TORCH_CHECK(logits.dim() == 2, "fastattn::", op, ": logits must be 2-D (B, V), got shape ", logits.sizes());
+  const DType dtype = to_dtype(logits, op, "logits");
+  TORCH_CHECK(logits.size(1) <= 1 || logits.stride(1) == 1, "fastattn::", op,
+              ": logits must have stride 1 along V, got strides ", logits.strides(), "; call .contiguous() first");
+  const int64_t rows = logits.size(0);
+  check_row_param(temperature_t, logits, rows, at::kFloat, op, "temperature_t");
+  check_row_param(top_k_t, logits, rows, at::kLong, op, "top_k_t");
+  check_row_param(top_p_t, logits, rows, at::kFloat, op, "top_p_t");
+  check_row_param(min_p_t, logits, rows, at::kFloat, op, "min_p_t");
+  return dtype;
+}
+
+SamplingParams sampling_params(const at::Tensor& logits, const std::optional<at::Tensor>& temperature_t,
+                               double temperature, const std::optional<at::Tensor>& top_k_t, int64_t top_k,
+                               const std::optional<at::Tensor>& top_p_t, double top_p,
+                               const std::optional<at::Tensor>& min_p_t, double min_p) {
+  SamplingParams p{};
+  p.logits = logits.const_data_ptr();
+  p.rows = logits.size(0);
+  p.vocab = logits.size(1);
+  p.row_stride = logits.stride(0);
+  p.temperature = temperature_t.has_value() ? temperature_t->const_data_ptr<float>() : nullptr;
+  p.temperature_val = static_cast<float>(temperature);
+  p.top_k = top_k_t.has_value() ? top_k_t->const_data_ptr<int64_t>() : nullptr;
+  p.top_k_val = top_k;
+  p.top_p = top_p_t.has_value() ? top_p_t->const_data_ptr<float>() : nullptr;
+  p.top_p_val = static_cast<float>(top_p);
+  p.min_p = min_p_t.has_value() ? min_p_t->const_data_ptr<float>() : nullptr;
+  p.min_p_val = static_cast<float>(min_p);
+  return p;
+}
+
+// sample_cuda(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, seeds, seed)
+//   -> int64 (B,) token ids (-1 for a NaN / non-finite row). seeds: int64 (B,) or None (then `seed` for all rows).
+at::Tensor sample_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& temperature_t, double temperature,
+                       const std::optional<at::Tensor>& top_k_t, int64_t top_k,
+                       const std::optional<at::Tensor>& top_p_t, double top_p,
+                       const std::optional<at::Tensor>& min_p_t, double min_p, const std::optional<at::Tensor>& seeds,
+                       int64_t seed) {
+  constexpr const char* op = "sample_cuda";
+  const DType dtype = check_sampling_args(logits, temperature_t, top_k_t, top_p_t, min_p_t, op);
+  check_row_param(seeds, logits, logits.size(0), at::kLong, op, "seeds");
+  TORCH_CHECK(logits.size(1) > 0 || logits.size(0) == 0, "fastattn::", op, ": logits must have V > 0, got shape ",
+              logits.sizes());
+  at::Tensor tokens = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
+  if (logits.size(0) == 0) return tokens;
+  poison_output(tokens);
+  const DeviceGuard guard(logits.device());
+  SamplingParams p = sampling_params(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p);
+  p.seeds = seeds.has_value() ? seeds->const_data_ptr<int64_t>() : nullptr;
+  p.seed_val = seed;
+  p.tokens = tokens.mutable_data_ptr<int64_t>();
+  p.filtered = nullptr;
+  check_cuda(sampling(p, dtype, current_stream(logits)), op);
+  return tokens;
+}
+
+// top_k_top_p_filter_cuda(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p)
+//   -> float32 (B, V): logits / T with the removed tokens at -inf (see csrc/sampling/sampling.h).
+at::Tensor top_k_top_p_filter_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& temperature_t,
+                                   double temperature, const std::optional<at::Tensor>& top_k_t, int64_t top_k,
+                                   const std::optional<at::Tensor>& top_p_t, double top_p,
+                                   const std::optional<at::Tensor>& min_p_t, double min_p) {
+  constexpr const char* op = "top_k_top_p_filter_cuda";
+  const DType dtype = check_sampling_args(logits, temperature_t, top_k_t, top_p_t, min_p_t, op);
+  at::Tensor out = at::empty({logits.size(0), logits.size(1)}, logits.options().dtype(at::kFloat));
+  if (logits.numel() == 0) return out;
+  poison_output(out);
+  const DeviceGuard guard(logits.device());
+  SamplingParams p = sampling_params(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p);
+  p.seeds = nullptr;
+  p.seed_val = 0;
+  p.tokens = nullptr;
+  p.filtered = out.mutable_data_ptr<float>();
+  check_cuda(sampling(p, dtype, current_stream(logits)), op);
+  return out;
+}
 
 // ---- end cudasmp ----
 
@@ -301,7 +384,10 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.def("softmax_fwd_cuda(Tensor x, Tensor? inv_temperature, float inv_temp) -> Tensor");
   // ---- cudasmp ----
   m.def("softmax_bwd_cuda(Tensor dy, Tensor y, Tensor? inv_temperature, float inv_temp) -> Tensor");
-  // SAMPLING_DEF
+  m.def("sample_cuda(Tensor logits, Tensor? temperature_t, float temperature, Tensor? top_k_t, int top_k, "
+        "Tensor? top_p_t, float top_p, Tensor? min_p_t, float min_p, Tensor? seeds, int seed) -> Tensor");
+  m.def("top_k_top_p_filter_cuda(Tensor logits, Tensor? temperature_t, float temperature, Tensor? top_k_t, "
+        "int top_k, Tensor? top_p_t, float top_p, Tensor? min_p_t, float min_p) -> Tensor");
   // ---- end cudasmp ----
   // Test kernels of the primitives (tests/test_cuda_primitives.py); no fake kernels, not for tracing.
   m.def("_test_mma_cuda(Tensor a, Tensor b, Tensor c) -> Tensor");
@@ -319,7 +405,8 @@ TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("softmax_fwd_cuda", &fastattn::softmax_fwd_cuda);
   // ---- cudasmp ----
   m.impl("softmax_bwd_cuda", &fastattn::softmax_bwd_cuda);
-  // SAMPLING_IMPL
+  m.impl("sample_cuda", &fastattn::sample_cuda);
+  m.impl("top_k_top_p_filter_cuda", &fastattn::top_k_top_p_filter_cuda);
   // ---- end cudasmp ----
   m.impl("_test_mma_cuda", &fastattn::test_mma_cuda);
   m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);

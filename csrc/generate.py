@@ -37,6 +37,12 @@ FAMILIES = [
         "line": "template cudaError_t softmax_bwd_launch<{T}>(const SoftmaxBwdParams&, cudaStream_t);",
         "variants": [{"stem": f"softmax_bwd_{k}", "T": t} for k, t in DTYPES.items()],
     },
+    {
+        "dir": "sampling/instantiations",
+        "header": "sampling/sampling_kernel.cuh",
+        "line": "template cudaError_t sampling_launch<{T}>(const SamplingParams&, cudaStream_t);",
+        "variants": [{"stem": f"sampling_{k}", "T": t} for k, t in DTYPES.items()],
+    },
     # ---- end cudasmp ----
 ]
 
