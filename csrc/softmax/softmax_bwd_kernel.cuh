@@ -12,8 +12,8 @@
 //
 // Three schemes; the launcher picks by (rows, n):
 //
-// 1. softmax_bwd_regs_kernel<T, ROW_THREADS, K>: dy and y held in registers (K chunks each per thread,
-//    K * kChunk <= 16 fp32 values per tensor), one read of dy and y and one write of dx (the minimum).
+// 1. softmax_bwd_regs_kernel<T, ROW_THREADS, K>: dy and y held in registers as raw 16-byte chunks (K each per
+//    thread, K * kChunk <= 16 values per tensor), one read of dy and y and one write of dx (the minimum).
 //    Grid: ceil(rows / rows_per_block) CTAs (capped, grid-stride); block 128 threads: a warp per row
 //    (ROW_THREADS == 32) or ROW_THREADS threads per row. Thread tid owns chunks tid, tid + ROW_THREADS, ...
 //    Invariant: nchunk <= K * ROW_THREADS (the launcher's n bound).
@@ -51,12 +51,36 @@ __device__ __forceinline__ RowSplit split3(const T* dy, const T* y, const T* dx,
   return s;
 }
 
+// A chunk kept raw in registers (4 registers whatever the dtype: 16-bit rows need half the registers of fp32
+// values), converted to fp32 where it is used.
+template <typename T>
+__device__ __forceinline__ uint4 load_raw(const T* __restrict__ p, bool vectorized) {
+  uint4 raw;
+  if (vectorized) {
+    raw = *reinterpret_cast<const uint4*>(p);
+  } else if constexpr (sizeof(T) == 4) {  // built lane by lane: no local-memory round trip
+    raw.x = __float_as_uint(to_float(p[0]));
+    raw.y = __float_as_uint(to_float(p[1]));
+    raw.z = __float_as_uint(to_float(p[2]));
+    raw.w = __float_as_uint(to_float(p[3]));
+  } else {
+    T* v = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kChunk<T>; ++i) v[i] = p[i];
+  }
+  return raw;
+}
+template <typename T>
+__device__ __forceinline__ float raw_at(const uint4& raw, int i) {
+  return to_float(reinterpret_cast<const T*>(&raw)[i]);
+}
+
 __device__ __forceinline__ float row_inv_t(const SoftmaxBwdParams& p, int64_t row) {
   return p.inv_temperature != nullptr ? p.inv_temperature[row] : p.inv_temp;
 }
 
 template <typename T, int ROW_THREADS, int K>
-__global__ void __launch_bounds__(ROW_THREADS < 128 ? 128 : ROW_THREADS)
+__global__ void __launch_bounds__(ROW_THREADS < 128 ? 128 : ROW_THREADS, ROW_THREADS < 128 ? 4 : 1)
     softmax_bwd_regs_kernel(const SoftmaxBwdParams p) {
   constexpr int kVec = kChunk<T>;
   constexpr int kRowsPerBlock = ROW_THREADS < 128 ? 128 / ROW_THREADS : 1;
@@ -75,7 +99,7 @@ __global__ void __launch_bounds__(ROW_THREADS < 128 ? 128 : ROW_THREADS)
     const bool has_tail = tid < sp.tail;
 
     float g_head = 0.f, y_head = 0.f, g_tail = 0.f, y_tail = 0.f;
-    float g[K][kVec], yv[K][kVec];  // chunk k of this thread is chunk k * ROW_THREADS + tid
+    uint4 g[K], yv[K];  // raw chunks; chunk k of this thread is chunk k * ROW_THREADS + tid
     float dot = 0.f;
     if (has_head) {
       g_head = to_float(dy[tid]);
@@ -86,10 +110,10 @@ __global__ void __launch_bounds__(ROW_THREADS < 128 ? 128 : ROW_THREADS)
     for (int k = 0; k < K; ++k) {
       const int64_t c = static_cast<int64_t>(k) * ROW_THREADS + tid;
       if (c < sp.nchunk) {  // why: the last of the K * ROW_THREADS slots may lie past the row
-        load_chunk(dy + sp.head + c * kVec, sp.vectorized, g[k]);
-        load_chunk(y + sp.head + c * kVec, sp.vectorized, yv[k]);
+        g[k] = load_raw(dy + sp.head + c * kVec, sp.vectorized);
+        yv[k] = load_raw(y + sp.head + c * kVec, sp.vectorized);
 #pragma unroll
-        for (int i = 0; i < kVec; ++i) dot += g[k][i] * yv[k][i];
+        for (int i = 0; i < kVec; ++i) dot += raw_at<T>(g[k], i) * raw_at<T>(yv[k], i);
       }
     }
     if (has_tail) {
@@ -105,9 +129,10 @@ __global__ void __launch_bounds__(ROW_THREADS < 128 ? 128 : ROW_THREADS)
     for (int k = 0; k < K; ++k) {
       const int64_t c = static_cast<int64_t>(k) * ROW_THREADS + tid;
       if (c < sp.nchunk) {
+        float out[kVec];
 #pragma unroll
-        for (int i = 0; i < kVec; ++i) g[k][i] = yv[k][i] * (g[k][i] - dot) * it;
-        store_chunk(dx + sp.head + c * kVec, sp.vectorized, g[k]);
+        for (int i = 0; i < kVec; ++i) out[i] = raw_at<T>(yv[k], i) * (raw_at<T>(g[k], i) - dot) * it;
+        store_chunk(dx + sp.head + c * kVec, sp.vectorized, out);
       }
     }
     if (has_tail) dx[tail0 + tid] = from_float<T>(y_tail * (g_tail - dot) * it);
