@@ -15,8 +15,11 @@
 // wait and then a __syncthreads() (or __syncwarp() within a warp). Nothing is promised before the wait.
 //
 // nvcc device code: inline PTX, sm_80 or newer. Host compiler with FASTATTN_EMULATE: the source bytes are
-// read when the copy is issued, and the copy lands in shared memory only inside the wait that covers it, so
-// a missing wait (or barrier) reads stale data; copies still pending when the thread exits land then.
+// read when the copy is issued, and the copy lands in shared memory as late as the hardware may land it,
+// inside the wait that covers it, so a missing wait reads stale data; copies still pending when the thread
+// exits land then. FASTATTN_EMU_CP_ASYNC=at_issue lands each copy as early as the hardware may instead, when
+// it is issued: then a missing barrier before a buffer is refilled (other threads still reading it) shows.
+// The two catch different bugs; run the tests both ways (at_wait is the default).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +31,7 @@
 #endif
 
 #if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -52,6 +56,19 @@ struct CpAsyncState {
   std::vector<CpAsyncCopy> open;                  // issued since the last commit
   std::deque<std::vector<CpAsyncCopy>> pending;   // committed and not yet landed, oldest first
 };
+
+enum class CpAsyncLanding { kAtWait, kAtIssue };
+
+// The landing mode, from FASTATTN_EMU_CP_ASYNC (at_wait or at_issue) on first use; tests may change it.
+inline CpAsyncLanding& cp_async_landing() {
+  static CpAsyncLanding mode = [] {
+    const char* env = std::getenv("FASTATTN_EMU_CP_ASYNC");
+    if (env == nullptr || *env == 0 || std::strcmp(env, "at_wait") == 0) return CpAsyncLanding::kAtWait;
+    if (std::strcmp(env, "at_issue") == 0) return CpAsyncLanding::kAtIssue;
+    fastattn_emu::fail("FASTATTN_EMU_CP_ASYNC must be at_wait or at_issue, got '%s'", env);
+  }();
+  return mode;
+}
 
 inline void cp_async_land(std::vector<CpAsyncCopy>& group) {
   for (const CpAsyncCopy& c : group) std::memcpy(c.dst, c.data, static_cast<size_t>(c.bytes));
@@ -96,6 +113,10 @@ inline void cp_async_emulated(void* dst, const void* src, int src_bytes, const c
   c.bytes = Bytes;
   std::memset(c.data, 0, sizeof(c.data));
   if (src_bytes > 0) std::memcpy(c.data, src, static_cast<size_t>(src_bytes));
+  if (cp_async_landing() == CpAsyncLanding::kAtIssue) {
+    std::memcpy(dst, c.data, static_cast<size_t>(Bytes));
+    return;
+  }
   cp_async_state().open.push_back(c);
 }
 #endif
