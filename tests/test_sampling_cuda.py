@@ -190,6 +190,25 @@ def test_vocab_of_one_and_empty_batch():
     assert fastattn.sample(torch.randn(0, 5, device=DEV), seed=1, backend="cuda").shape == (0,)
 
 
+def test_out_of_range_per_row_parameters():
+    """top_k above V, huge, negative (clamped to 0 = off) or 1; top_p 0 (clamped to tiny) and 1; min_p 1."""
+    x = _logits(5, 257, seed=60)
+    params = dict(top_k=torch.tensor([300, 1 << 40, -4, 1, 257], device=DEV),
+                  top_p=torch.tensor([0.0, 1.0, 0.3, 1.0, 0.999], device=DEV),
+                  min_p=torch.tensor([0.0, 1.0, 0.0, 0.5, 0.0], device=DEV))
+    _assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
+                        reference.top_k_top_p_filter(x, **_clamped(params)))
+    seeds = _seeds(5, 61)
+    _check_tokens(x, fastattn.sample(x, seed=seeds, backend="cuda", **params), seeds, _clamped(params))
+
+
+def _clamped(params):
+    """What fastattn/ops/sampling.py hands the kernels (and so what the reference must see)."""
+    tiny = torch.finfo(torch.float32).tiny
+    return dict(top_k=params["top_k"].clamp(min=0), top_p=params["top_p"].clamp(tiny, 1.0),
+                min_p=params["min_p"].clamp(0.0, 1.0))
+
+
 @pytest.mark.parametrize("params", [dict(top_k=50, top_p=0.9), dict(top_p=0.95), dict(min_p=0.05)], ids=_case_id)
 def test_wide_row(params):
     """One 70000-wide row (vocabulary-sized), float16."""
@@ -255,3 +274,18 @@ def test_gpu_frequencies_million_draws():
     p = torch.softmax(reference.top_k_top_p_filter(x[:1].double(), **kw)[0], 0).cpu()
     assert freq.cpu()[p == 0].sum() == 0
     assert torch.nn.functional.cosine_similarity(freq.cpu(), p, dim=0) >= 0.99
+
+
+def test_torch_compile_fullgraph():
+    """Through torch.compile: the custom ops' fakes and schemas (fastattn/_cuda.py) trace."""
+    x = _logits(4, 300, seed=70)
+    seeds = _seeds(4, 71)
+
+    def f(x, seeds):
+        z = fastattn.top_k_top_p_filter(x * 1.0, top_k=20, top_p=0.9, backend="cuda")
+        return z, fastattn.sample(x, top_k=20, top_p=0.9, seed=seeds, backend="cuda")
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    z, tok = compiled(x, seeds)
+    z_ref, tok_ref = f(x, seeds)
+    assert torch.equal(z, z_ref) and torch.equal(tok, tok_ref)

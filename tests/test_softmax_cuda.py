@@ -158,3 +158,13 @@ def test_gpu_large(rows, n, dtype):
     assert_rel(y, _ref_fwd(x, inv_t), TOL[dtype], "forward")
     g = randn(rows, n, dtype=dtype, seed=rows + 1)
     assert_rel(_bwd(g, y, inv_t, True), _ref_bwd(g, y.cpu(), inv_t), TOL[dtype], "backward")
+
+
+def test_torch_compile_forward_fullgraph():
+    """fastattn.softmax(backend="cuda") under torch.compile (fullgraph). Not with requires_grad: compiling
+    the differentiable call fails in dynamo's guards ("Unexpected type <class 'module'>") for the Triton
+    backend too, a problem of fastattn/ops/softmax.py outside this kernel's scope."""
+    x = randn(6, 700, seed=21).to(DEV)
+    compiled = torch.compile(lambda x: fastattn.softmax(x * 1.5, 0.7, backend="cuda"), fullgraph=True,
+                             backend="aot_eager")
+    torch.testing.assert_close(compiled(x), fastattn.softmax(x * 1.5, 0.7, backend="cuda"), rtol=0, atol=0)
