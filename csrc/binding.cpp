@@ -27,6 +27,10 @@
 
 #include "common/dtype.h"
 #include "softmax/softmax_fwd.h"
+// ---- cudasmp: softmax backward, sampling ----
+#include "sampling/sampling.h"
+#include "softmax/softmax_bwd.h"
+// ---- end cudasmp ----
 #include "testing/primitives_test.h"
 
 namespace fastattn {
@@ -48,6 +52,22 @@ cudaStream_t current_stream(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.get_device()).stream();
 }
 #endif
+
+// ---- cudasmp ----
+// The emulated build fills every output with NaN (or -2 for integers) before the kernel runs, so an element a
+// kernel forgets to write shows up in the tests; the GPU build leaves at::empty's memory as it is (no extra pass).
+void poison_output(at::Tensor& t) {
+#if defined(FASTATTN_EMULATE)
+  if (t.is_floating_point()) {
+    t.fill_(NAN);
+  } else {
+    t.fill_(-2);
+  }
+#else
+  (void)t;
+#endif
+}
+// ---- end cudasmp ----
 
 // Turns a launcher's cudaError_t into a Python RuntimeError naming the op.
 void check_cuda(cudaError_t err, const char* op) {
@@ -97,6 +117,7 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
 
   at::Tensor y = at::empty({rows, n}, x.options());
   if (rows == 0 || n == 0) return y;
+  poison_output(y);  // cudasmp
 
   const DeviceGuard guard(x.device());
   SoftmaxFwdParams params;
@@ -104,6 +125,11 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
   params.y = y.mutable_data_ptr();
   params.inv_temperature = inv_temperature.has_value() ? inv_temperature->const_data_ptr<float>() : nullptr;
   params.inv_temp = static_cast<float>(inv_temp);
+  // Scratch for the row split of few wide rows (softmax_split.h); none for other shapes.
+  const int64_t ws_floats = softmax_fwd_workspace_floats(rows, n, dtype);
+  at::Tensor ws;
+  if (ws_floats > 0) ws = at::empty({ws_floats}, x.options().dtype(at::kFloat));
+  params.workspace = ws_floats > 0 ? ws.mutable_data_ptr<float>() : nullptr;
   params.rows = rows;
   params.n = n;
   params.x_row_stride = x.stride(0);
@@ -111,6 +137,149 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
   check_cuda(softmax_fwd(params, dtype, current_stream(x)), op);
   return y;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// ---- cudasmp: softmax backward and sampling (csrc/softmax/softmax_bwd.h, csrc/sampling/sampling.h) ----
+// ---------------------------------------------------------------------------------------------------------
+
+// A (rows,) float32 per-row parameter on x's device, contiguous (None allowed).
+void check_row_param(const std::optional<at::Tensor>& t, const at::Tensor& x, int64_t rows, at::ScalarType type,
+                     const char* op, const char* name) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(t->device() == x.device(), "fastattn::", op, ": ", name, " must be on ", x.device(), " like its input, got ",
+              t->device());
+  TORCH_CHECK(t->scalar_type() == type, "fastattn::", op, ": ", name, " must be ", type, ", got ", t->scalar_type());
+  TORCH_CHECK(t->numel() == rows && t->is_contiguous(), "fastattn::", op, ": ", name,
+              " must be a contiguous tensor of rows = ", rows, " elements, got shape ", t->sizes(), " and strides ",
+              t->strides());
+}
+
+// softmax_bwd_cuda(Tensor dy, Tensor y, Tensor? inv_temperature, float inv_temp) -> Tensor
+//   dy, y: (rows, n), same dtype (fp32/fp16/bf16) and device, stride 1 along n; inv_temperature as in the forward.
+// Returns dx = y * (dy - sum(dy * y)) * inv_t as a new contiguous (rows, n) tensor of y's dtype.
+at::Tensor softmax_bwd_cuda(const at::Tensor& dy, const at::Tensor& y, const std::optional<at::Tensor>& inv_temperature,
+                            double inv_temp) {
+  constexpr const char* op = "softmax_bwd_cuda";
+  TORCH_CHECK(on_kernel_device(y), "fastattn::", op, ": y must be a ", kDeviceWord, " tensor, got device ", y.device());
+  TORCH_CHECK(y.dim() == 2, "fastattn::", op, ": y must be 2-D (rows, n), got shape ", y.sizes());
+  const DType dtype = to_dtype(y, op, "y");
+  TORCH_CHECK(dy.device() == y.device() && dy.scalar_type() == y.scalar_type() && dy.sizes() == y.sizes(),
+              "fastattn::", op, ": dy must match y (", y.scalar_type(), ", ", y.device(), ", shape ", y.sizes(),
+              "), got ", dy.scalar_type(), ", ", dy.device(), ", shape ", dy.sizes());
+  const int64_t rows = y.size(0), n = y.size(1);
+  TORCH_CHECK(n <= 1 || (y.stride(1) == 1 && dy.stride(1) == 1), "fastattn::", op,
+              ": dy and y must have stride 1 along their last dim, got strides ", dy.strides(), " and ", y.strides());
+  check_row_param(inv_temperature, y, rows, at::kFloat, op, "inv_temperature");
+
+  at::Tensor dx = at::empty({rows, n}, y.options());
+  if (rows == 0 || n == 0) return dx;
+  poison_output(dx);
+  const DeviceGuard guard(y.device());
+  SoftmaxBwdParams params;
+  params.dy = dy.const_data_ptr();
+  params.y = y.const_data_ptr();
+  params.dx = dx.mutable_data_ptr();
+  params.inv_temperature = inv_temperature.has_value() ? inv_temperature->const_data_ptr<float>() : nullptr;
+  params.inv_temp = static_cast<float>(inv_temp);
+  const int64_t ws_floats = softmax_bwd_workspace_floats(rows, n, dtype);
+  at::Tensor ws;
+  if (ws_floats > 0) ws = at::empty({ws_floats}, y.options().dtype(at::kFloat));
+  params.workspace = ws_floats > 0 ? ws.mutable_data_ptr<float>() : nullptr;
+  params.rows = rows;
+  params.n = n;
+  params.dy_row_stride = dy.stride(0);
+  params.y_row_stride = y.stride(0);
+  params.dx_row_stride = dx.stride(0);
+  check_cuda(softmax_bwd(params, dtype, current_stream(y)), op);
+  return dx;
+}
+
+// Checks shared by the sampling ops; returns the logits' DType. Per-row parameters: (rows,) contiguous,
+// float32 (int64 for top_k), on the logits' device, already clamped by fastattn/ops/sampling.py.
+DType check_sampling_args(const at::Tensor& logits, const std::optional<at::Tensor>& temperature_t,
+                          const std::optional<at::Tensor>& top_k_t, const std::optional<at::Tensor>& top_p_t,
+                          const std::optional<at::Tensor>& min_p_t, const char* op) {
+  TORCH_CHECK(on_kernel_device(logits), "fastattn::", op, ": logits must be a ", kDeviceWord, " tensor, got device ",
+              logits.device());
+  TORCH_CHECK(logits.dim() == 2, "fastattn::", op, ": logits must be 2-D (B, V), got shape ", logits.sizes());
+  const DType dtype = to_dtype(logits, op, "logits");
+  TORCH_CHECK(logits.size(1) <= 1 || logits.stride(1) == 1, "fastattn::", op,
+              ": logits must have stride 1 along V, got strides ", logits.strides(), "; call .contiguous() first");
+  const int64_t rows = logits.size(0);
+  check_row_param(temperature_t, logits, rows, at::kFloat, op, "temperature_t");
+  check_row_param(top_k_t, logits, rows, at::kLong, op, "top_k_t");
+  check_row_param(top_p_t, logits, rows, at::kFloat, op, "top_p_t");
+  check_row_param(min_p_t, logits, rows, at::kFloat, op, "min_p_t");
+  return dtype;
+}
+
+SamplingParams sampling_params(const at::Tensor& logits, const std::optional<at::Tensor>& temperature_t,
+                               double temperature, const std::optional<at::Tensor>& top_k_t, int64_t top_k,
+                               const std::optional<at::Tensor>& top_p_t, double top_p,
+                               const std::optional<at::Tensor>& min_p_t, double min_p) {
+  SamplingParams p{};
+  p.logits = logits.const_data_ptr();
+  p.rows = logits.size(0);
+  p.vocab = logits.size(1);
+  p.row_stride = logits.stride(0);
+  p.temperature = temperature_t.has_value() ? temperature_t->const_data_ptr<float>() : nullptr;
+  p.temperature_val = static_cast<float>(temperature);
+  p.top_k = top_k_t.has_value() ? top_k_t->const_data_ptr<int64_t>() : nullptr;
+  p.top_k_val = top_k;
+  p.top_p = top_p_t.has_value() ? top_p_t->const_data_ptr<float>() : nullptr;
+  p.top_p_val = static_cast<float>(top_p);
+  p.min_p = min_p_t.has_value() ? min_p_t->const_data_ptr<float>() : nullptr;
+  p.min_p_val = static_cast<float>(min_p);
+  return p;
+}
+
+// sample_cuda(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, seeds, seed)
+//   -> int64 (B,) token ids (-1 for a NaN / non-finite row). seeds: int64 (B,) or None (then `seed` for all rows).
+at::Tensor sample_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& temperature_t, double temperature,
+                       const std::optional<at::Tensor>& top_k_t, int64_t top_k,
+                       const std::optional<at::Tensor>& top_p_t, double top_p,
+                       const std::optional<at::Tensor>& min_p_t, double min_p, const std::optional<at::Tensor>& seeds,
+                       int64_t seed) {
+  constexpr const char* op = "sample_cuda";
+  const DType dtype = check_sampling_args(logits, temperature_t, top_k_t, top_p_t, min_p_t, op);
+  check_row_param(seeds, logits, logits.size(0), at::kLong, op, "seeds");
+  TORCH_CHECK(logits.size(1) > 0 || logits.size(0) == 0, "fastattn::", op, ": logits must have V > 0, got shape ",
+              logits.sizes());
+  at::Tensor tokens = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
+  if (logits.size(0) == 0) return tokens;
+  poison_output(tokens);
+  const DeviceGuard guard(logits.device());
+  SamplingParams p = sampling_params(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p);
+  p.seeds = seeds.has_value() ? seeds->const_data_ptr<int64_t>() : nullptr;
+  p.seed_val = seed;
+  p.tokens = tokens.mutable_data_ptr<int64_t>();
+  p.filtered = nullptr;
+  check_cuda(sampling(p, dtype, current_stream(logits)), op);
+  return tokens;
+}
+
+// top_k_top_p_filter_cuda(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p)
+//   -> float32 (B, V): logits / T with the removed tokens at -inf (see csrc/sampling/sampling.h).
+at::Tensor top_k_top_p_filter_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& temperature_t,
+                                   double temperature, const std::optional<at::Tensor>& top_k_t, int64_t top_k,
+                                   const std::optional<at::Tensor>& top_p_t, double top_p,
+                                   const std::optional<at::Tensor>& min_p_t, double min_p) {
+  constexpr const char* op = "top_k_top_p_filter_cuda";
+  const DType dtype = check_sampling_args(logits, temperature_t, top_k_t, top_p_t, min_p_t, op);
+  at::Tensor out = at::empty({logits.size(0), logits.size(1)}, logits.options().dtype(at::kFloat));
+  if (logits.numel() == 0) return out;
+  poison_output(out);
+  const DeviceGuard guard(logits.device());
+  SamplingParams p = sampling_params(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p);
+  p.seeds = nullptr;
+  p.seed_val = 0;
+  p.tokens = nullptr;
+  p.filtered = out.mutable_data_ptr<float>();
+  check_cuda(sampling(p, dtype, current_stream(logits)), op);
+  return out;
+}
+
+// ---- end cudasmp ----
 
 // ---------------------------------------------------------------------------------------------------------
 // Test kernels of the tensor-core and async-copy primitives (csrc/testing/primitives_test.h), called by
@@ -215,6 +384,13 @@ at::Tensor test_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t plan
 TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.set_python_module("fastattn._cuda");  // where the fake kernels live (torch checks register_fake's caller)
   m.def("softmax_fwd_cuda(Tensor x, Tensor? inv_temperature, float inv_temp) -> Tensor");
+  // ---- cudasmp ----
+  m.def("softmax_bwd_cuda(Tensor dy, Tensor y, Tensor? inv_temperature, float inv_temp) -> Tensor");
+  m.def("sample_cuda(Tensor logits, Tensor? temperature_t, float temperature, Tensor? top_k_t, int top_k, "
+        "Tensor? top_p_t, float top_p, Tensor? min_p_t, float min_p, Tensor? seeds, int seed) -> Tensor");
+  m.def("top_k_top_p_filter_cuda(Tensor logits, Tensor? temperature_t, float temperature, Tensor? top_k_t, "
+        "int top_k, Tensor? top_p_t, float top_p, Tensor? min_p_t, float min_p) -> Tensor");
+  // ---- end cudasmp ----
   // Test kernels of the primitives (tests/test_cuda_primitives.py); no fake kernels, not for tracing.
   m.def("_test_mma_cuda(Tensor a, Tensor b, Tensor c) -> Tensor");
   m.def("_test_ldmatrix_cuda(Tensor a, Tensor b, Tensor c, int a_mode, int b_mode) -> Tensor");
@@ -229,6 +405,11 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
 #endif
 TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("softmax_fwd_cuda", &fastattn::softmax_fwd_cuda);
+  // ---- cudasmp ----
+  m.impl("softmax_bwd_cuda", &fastattn::softmax_bwd_cuda);
+  m.impl("sample_cuda", &fastattn::sample_cuda);
+  m.impl("top_k_top_p_filter_cuda", &fastattn::top_k_top_p_filter_cuda);
+  // ---- end cudasmp ----
   m.impl("_test_mma_cuda", &fastattn::test_mma_cuda);
   m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);
   m.impl("_test_cp_async_cuda", &fastattn::test_cp_async_cuda);

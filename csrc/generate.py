@@ -30,6 +30,20 @@ FAMILIES = [
         "line": "template cudaError_t softmax_fwd_launch<{T}>(const SoftmaxFwdParams&, cudaStream_t);",
         "variants": [{"stem": f"softmax_fwd_{k}", "T": t} for k, t in DTYPES.items()],
     },
+    # ---- softmax backward and sampling (branch cudasmp) ----
+    {
+        "dir": "softmax/instantiations",
+        "header": "softmax/softmax_bwd_kernel.cuh",
+        "line": "template cudaError_t softmax_bwd_launch<{T}>(const SoftmaxBwdParams&, cudaStream_t);",
+        "variants": [{"stem": f"softmax_bwd_{k}", "T": t} for k, t in DTYPES.items()],
+    },
+    {
+        "dir": "sampling/instantiations",
+        "header": "sampling/sampling_kernel.cuh",
+        "line": "template cudaError_t sampling_launch<{T}>(const SamplingParams&, cudaStream_t);",
+        "variants": [{"stem": f"sampling_{k}", "T": t} for k, t in DTYPES.items()],
+    },
+    # ---- end cudasmp ----
 ]
 
 TEMPLATE = """\

@@ -10,6 +10,9 @@ same names and schemas and take CPU tensors. ``build()`` says which one "cuda" i
 
 Kernel functions here (the set fastattn/ops checks with ``hasattr``):
     softmax_fwd(x2d, inv_temperature, inv_temp) -> y2d
+    softmax_bwd(grad2d, y2d, inv_temperature, inv_temp) -> dx2d
+    sample(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, seeds) -> tokens
+    top_k_top_p_filter(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p) -> z
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ from torch import Tensor
 from . import _emu
 
 _OPS = ("softmax_fwd_cuda",)  # every op csrc/binding.cpp defines; all must be present
+# ---- cudasmp: softmax backward, sampling ----
+_OPS += ("softmax_bwd_cuda", "sample_cuda", "top_k_top_p_filter_cuda")
+# ---- end cudasmp ----
 
 _status: "bool | str | None" = None
 _lock = threading.Lock()
@@ -142,6 +148,8 @@ def _register_fakes() -> None:
         # The CUDA kernel always returns a new contiguous tensor (never x's strides).
         return x.new_empty(x.shape)
 
+    _register_fakes_cudasmp()
+
 
 def _require() -> None:
     st = status()
@@ -159,3 +167,87 @@ def softmax_fwd(x2d: Tensor, inv_temperature: Optional[Tensor], inv_temp: float)
     if _status is not True:
         _require()
     return torch.ops.fastattn.softmax_fwd_cuda(x2d, inv_temperature, float(inv_temp))
+
+
+# ---- cudasmp: softmax backward, sampling (csrc/softmax/softmax_bwd*, csrc/sampling/) ----------------------------
+def _register_fakes_cudasmp() -> None:
+    @torch.library.register_fake("fastattn::softmax_bwd_cuda")
+    def _softmax_bwd_cuda_fake(dy: Tensor, y: Tensor, inv_temperature: Optional[Tensor], inv_temp: float) -> Tensor:
+        torch._check(y.dim() == 2, lambda: f"fastattn::softmax_bwd_cuda: y must be 2-D, got shape {tuple(y.shape)}")
+        torch._check(
+            y.dtype in (torch.float32, torch.float16, torch.bfloat16),
+            lambda: f"fastattn::softmax_bwd_cuda: y must be float32, float16 or bfloat16, got {y.dtype}",
+        )
+        torch._check(dy.shape == y.shape and dy.dtype == y.dtype,
+                     lambda: "fastattn::softmax_bwd_cuda: dy must match y's shape and dtype")
+        if inv_temperature is not None:
+            torch._check(
+                inv_temperature.dtype == torch.float32 and inv_temperature.numel() == y.shape[0],
+                lambda: "fastattn::softmax_bwd_cuda: inv_temperature must be float32 with one element per row",
+            )
+        return y.new_empty(y.shape)
+
+    def _check_logits(logits: Tensor, op: str) -> None:
+        torch._check(logits.dim() == 2, lambda: f"fastattn::{op}: logits must be 2-D (B, V), got {tuple(logits.shape)}")
+        torch._check(
+            logits.dtype in (torch.float32, torch.float16, torch.bfloat16),
+            lambda: f"fastattn::{op}: logits must be float32, float16 or bfloat16, got {logits.dtype}",
+        )
+
+    @torch.library.register_fake("fastattn::sample_cuda")
+    def _sample_cuda_fake(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p,
+                          seeds, seed):
+        _check_logits(logits, "sample_cuda")
+        return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
+    @torch.library.register_fake("fastattn::top_k_top_p_filter_cuda")
+    def _filter_cuda_fake(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p):
+        _check_logits(logits, "top_k_top_p_filter_cuda")
+        return logits.new_empty(logits.shape, dtype=torch.float32)
+
+
+def softmax_bwd(grad2d: Tensor, y2d: Tensor, inv_temperature: Optional[Tensor], inv_temp: float) -> Tensor:
+    """dx = y * (g - sum(g * y)) * inv_t along the last dim, fp32 math, y2d's dtype (new contiguous tensor).
+
+    grad2d, y2d: (rows, n) with y2d's dtype and device, stride 1 along n; inv_temperature / inv_temp as in
+    softmax_fwd.
+    """
+    if _status is not True:
+        _require()
+    return torch.ops.fastattn.softmax_bwd_cuda(grad2d, y2d, inv_temperature, float(inv_temp))
+
+
+def _logits_rows(logits: Tensor) -> Tensor:
+    return logits if logits.shape[1] <= 1 or logits.stride(1) == 1 else logits.contiguous()
+
+
+def sample(logits: Tensor, temperature_t: Optional[Tensor], temperature: float, top_k_t: Optional[Tensor],
+           top_k: int, top_p_t: Optional[Tensor], top_p: float, min_p_t: Optional[Tensor], min_p: float,
+           seeds) -> Tensor:
+    """One token id per row of logits (B, V) fp32/fp16/bf16: int64 (B,), -1 for a NaN / non-finite row.
+
+    The same signature as fastattn.triton.sampling.sample: each *_t is None or a contiguous (B,) tensor
+    (float32; int64 for top_k), else the number beside it is used for every row; seeds is an int64 (B,) tensor
+    or one int for every row.
+    """
+    if _status is not True:
+        _require()
+    logits = _logits_rows(logits)
+    if isinstance(seeds, Tensor):
+        return torch.ops.fastattn.sample_cuda(logits, temperature_t, float(temperature), top_k_t, int(top_k),
+                                              top_p_t, float(top_p), min_p_t, float(min_p), seeds.contiguous(), 0)
+    return torch.ops.fastattn.sample_cuda(logits, temperature_t, float(temperature), top_k_t, int(top_k), top_p_t,
+                                          float(top_p), min_p_t, float(min_p), None, int(seeds))
+
+
+def top_k_top_p_filter(logits: Tensor, temperature_t: Optional[Tensor], temperature: float,
+                       top_k_t: Optional[Tensor], top_k: int, top_p_t: Optional[Tensor], top_p: float,
+                       min_p_t: Optional[Tensor], min_p: float) -> Tensor:
+    """logits / T as float32 (B, V) with the tokens top-k, top-p and min-p remove set to -inf (the semantics
+    of fastattn.triton.sampling.top_k_top_p_filter)."""
+    if _status is not True:
+        _require()
+    return torch.ops.fastattn.top_k_top_p_filter_cuda(_logits_rows(logits), temperature_t, float(temperature),
+                                                      top_k_t, int(top_k), top_p_t, float(top_p), min_p_t,
+                                                      float(min_p))
+# ---- end cudasmp ----

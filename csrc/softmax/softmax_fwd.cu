@@ -4,8 +4,14 @@
 
 #include "softmax/softmax_fwd.h"
 #include "softmax/softmax_fwd_launch.h"
+#include "softmax/softmax_split.h"
 
 namespace fastattn {
+
+int64_t softmax_fwd_workspace_floats(int64_t rows, int64_t n, DType dtype) {
+  (void)dtype;
+  return 2 * softmax_split::plan(rows, n).splits * rows;  // (max, sum) per (row, piece)
+}
 
 cudaError_t softmax_fwd(const SoftmaxFwdParams& params, DType dtype, cudaStream_t stream) {
   switch (dtype) {

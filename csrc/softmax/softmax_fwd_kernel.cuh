@@ -35,6 +35,14 @@
 //    Pass 2 re-reads the row and writes y.
 //    Global traffic: 2 reads + 1 write of the row (the second read mostly hits L2 for rows of up to a few MB);
 //    (1 + 1 / (UNROLL * kChunk)) + 1 exp2 per element.
+//
+// 3. Row split (softmax_split.h), for few wide rows (rows <= 32, n >= 16384): grid (splits, rows), 512 threads.
+//    softmax_fwd_split_stats_kernel: piece blockIdx.x of row blockIdx.y streams its piece with the online
+//      (m, sum) of pass 1 above and writes (m, sum relative to shift_of(m)) to workspace[2 * (row * splits +
+//      piece)].
+//    softmax_fwd_split_norm_kernel: every CTA of the row combines the row's `splits` pairs in piece order
+//      (bitwise the same (mu, inv) in each), then re-reads its piece and writes y.
+//    Global traffic as the two-pass kernel (2 reads + 1 write), spread over rows * splits CTAs instead of rows.
 #pragma once
 
 #include <cstdint>
@@ -42,6 +50,7 @@
 #include "common/device_utils.cuh"
 #include "common/launch.cuh"
 #include "softmax/softmax_fwd_launch.h"
+#include "softmax/softmax_split.h"
 
 namespace fastattn {
 namespace softmax_detail {
@@ -220,6 +229,87 @@ __global__ void __launch_bounds__(THREADS) softmax_fwd_two_pass_kernel(const Sof
   }
 }
 
+// Online (m, sum) of this thread over elements [0, len) of one piece (as pass 1 of the two-pass kernel).
+template <typename T, int THREADS>
+__device__ __forceinline__ void piece_stats(const T* __restrict__ x, const T* y, int64_t len, float s, int tid,
+                                            float& m, float& sum) {
+  constexpr int kVec = kChunk<T>;
+  const RowSplit sp = split_row(x, y, len);
+  if (tid < sp.head) {
+    const float th[1] = {to_float(x[tid]) * s};
+    online_update(m, sum, th, 1);
+  }
+#pragma unroll 2
+  for (int64_t c = tid; c < sp.nchunk; c += THREADS) {
+    float v[kVec];
+    load_chunk(x + sp.head + c * kVec, sp.vectorized, v);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) v[i] *= s;
+    online_update(m, sum, v, kVec);
+  }
+  if (tid < sp.tail) {
+    const float tt[1] = {to_float(x[sp.head + sp.nchunk * kVec + tid]) * s};
+    online_update(m, sum, tt, 1);
+  }
+}
+
+template <typename T, int THREADS>
+__global__ void __launch_bounds__(THREADS) softmax_fwd_split_stats_kernel(const SoftmaxFwdParams p, int64_t chunk) {
+  __shared__ float smem_max[THREADS / 32];
+  __shared__ float smem_sum[THREADS / 32];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t row = blockIdx.y, piece = blockIdx.x;
+  const int64_t j0 = piece * chunk;
+  const int64_t len = (p.n - j0 < chunk) ? p.n - j0 : chunk;
+  const T* x = static_cast<const T*>(p.x) + row * p.x_row_stride + j0;
+  const T* y = static_cast<const T*>(p.y) + row * p.y_row_stride + j0;
+  float m = -INFINITY, sum = 0.f;
+  piece_stats<T, THREADS>(x, y, len, row_scale(p, row), tid, m, sum);
+  const float mb = row_allreduce<THREADS>(m, smem_max, MaxOp());
+  const float sb = row_allreduce<THREADS>(sum * exp2f(m - shift_of(mb)), smem_sum, SumOp());
+  if (tid == 0) {
+    float* w = p.workspace + 2 * (row * gridDim.x + piece);
+    w[0] = mb;
+    w[1] = sb;
+  }
+}
+
+template <typename T, int THREADS>
+__global__ void __launch_bounds__(THREADS) softmax_fwd_split_norm_kernel(const SoftmaxFwdParams p, int64_t chunk) {
+  constexpr int kVec = kChunk<T>;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t row = blockIdx.y, piece = blockIdx.x;
+  const float* w = p.workspace + 2 * row * gridDim.x;
+  float m = -INFINITY;
+  for (unsigned i = 0; i < gridDim.x; ++i) m = fmaxf(m, w[2 * i]);
+  const float mu = shift_of(m);
+  float total = 0.f;
+  for (unsigned i = 0; i < gridDim.x; ++i) {
+    // Piece sums are relative to shift_of(their max). An empty (all -inf) piece adds exactly 0, never
+    // 0 * exp2(0 - mu), which is 0 * inf = NaN for a very negative mu; a NaN sum stays NaN.
+    const float si = w[2 * i + 1];
+    total += si == 0.f ? 0.f : si * exp2f(shift_of(w[2 * i]) - mu);
+  }
+  const float inv = inverse_sum(total);
+  const float s = row_scale(p, row);
+  const int64_t j0 = piece * chunk;
+  const int64_t len = (p.n - j0 < chunk) ? p.n - j0 : chunk;
+  const T* __restrict__ x = static_cast<const T*>(p.x) + row * p.x_row_stride + j0;
+  T* __restrict__ y = static_cast<T*>(p.y) + row * p.y_row_stride + j0;
+  const RowSplit sp = split_row(x, y, len);
+  if (tid < sp.head) y[tid] = from_float<T>(exp2f(to_float(x[tid]) * s - mu) * inv);
+#pragma unroll 2
+  for (int64_t c = tid; c < sp.nchunk; c += THREADS) {
+    float v[kVec];
+    load_chunk(x + sp.head + c * kVec, sp.vectorized, v);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) v[i] = exp2f(v[i] * s - mu) * inv;
+    store_chunk(y + sp.head + c * kVec, sp.vectorized, v);
+  }
+  const int64_t tail0 = sp.head + sp.nchunk * kVec;
+  if (tid < sp.tail) y[tail0 + tid] = from_float<T>(exp2f(to_float(x[tail0 + tid]) * s - mu) * inv);
+}
+
 template <typename T, int ROW_THREADS, int K>
 cudaError_t launch_regs(const SoftmaxFwdParams& p, cudaStream_t stream) {
   constexpr int kRowsPerBlock = ROW_THREADS < 128 ? 128 / ROW_THREADS : 1;
@@ -246,7 +336,8 @@ cudaError_t launch_two_pass(const SoftmaxFwdParams& p, cudaStream_t stream) {
 //   n <=  1024 * kChunk  (4096 /  8192)  256-thread CTA per row
 //   n <=  2048 * kChunk  (8192 / 16384)  512-thread CTA per row
 //   n <=  4096 * kChunk (16384 / 32768)  1024-thread CTA per row
-//   wider                                 two-pass, 1024-thread CTA per row
+//   wider                                 row split when softmax_split::plan says so (<= 32 rows),
+//                                         else two-pass, 1024-thread CTA per row
 template <typename T>
 cudaError_t softmax_fwd_launch(const SoftmaxFwdParams& p, cudaStream_t stream) {
   using namespace softmax_detail;
@@ -259,6 +350,15 @@ cudaError_t softmax_fwd_launch(const SoftmaxFwdParams& p, cudaStream_t stream) {
   if (n <= 1024 * kVec) return launch_regs<T, 256, 4>(p, stream);
   if (n <= 2048 * kVec) return launch_regs<T, 512, 4>(p, stream);
   if (n <= 4096 * kVec) return launch_regs<T, 1024, 4>(p, stream);
+  const softmax_split::Plan plan = softmax_split::plan(p.rows, n);
+  if (plan.splits > 1 && p.workspace != nullptr) {  // few wide rows: each row over several CTAs
+    const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(p.rows));
+    FASTATTN_LAUNCH((softmax_fwd_split_stats_kernel<T, 512>), grid, 512, 0, stream, p, plan.chunk);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    FASTATTN_LAUNCH((softmax_fwd_split_norm_kernel<T, 512>), grid, 512, 0, stream, p, plan.chunk);
+    return cudaGetLastError();
+  }
   return launch_two_pass<T, 1024, 16 / kChunk<T>>(p, stream);  // 16 fp32 values in flight per thread
 }
 
