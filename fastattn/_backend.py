@@ -158,6 +158,7 @@ def gpu_arch_major(index: "int | None") -> int:
     return _probe_once(("arch", index), lambda: torch.cuda.get_device_capability(index)[0])
 
 
+@_constant
 def _machine_status(name: str, device: torch.device) -> "bool | str":
     """Whether backend ``name`` runs on ``device`` here: True or the reason. Asked on every call, so cached: the
     answers depend on the machine and on TRITON_INTERPRET, which is fixed once triton has been imported (the

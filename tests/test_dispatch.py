@@ -283,3 +283,32 @@ def test_decode_launch_plan_gives_the_same_answers_as_the_checked_path():
     if _dispatch.backend_for("attention", "cuda").reasons(q.device, "decode_attention", q.dtype):
         with pytest.raises(BackendUnavailable):  # a plan for "triton" never serves another backend's call
             fastattn.decode_attention(q, kc, vc, lens, backend="cuda")
+
+
+@pytest.mark.triton
+def test_fullgraph_compile_with_grad_in_a_fresh_process():
+    """In a process where no kernel module is loaded yet, the first compiled call loads it while tracing:
+    that must not become a guard the trace itself invalidates (it did: "Unexpected type <class 'module'>")."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import os
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        import torch, fastattn
+        x = torch.randn(4, 8, requires_grad=True)
+        q = torch.randn(1, 2, 5, 16, requires_grad=True)
+        def f(x, q):
+            s = fastattn.softmax(x, temperature=0.7, backend="triton").square().sum()
+            return s + fastattn.attention(q, q, q, causal=True, backend="triton").square().sum()
+        loss = torch.compile(f, fullgraph=True, backend="aot_eager")(x, q)
+        loss.backward()
+        want_x, want_q = x.grad.clone(), q.grad.clone()
+        x.grad = q.grad = None
+        f(x, q).backward()
+        torch.testing.assert_close(want_x, x.grad)
+        torch.testing.assert_close(want_q, q.grad)
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

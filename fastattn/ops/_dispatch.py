@@ -67,8 +67,15 @@ class Backend:
     @property
     def kernels(self):
         """The module holding this backend's kernels for the family (None for the torch reference)."""
-        if self._kernels is None and self.name != "torch":
-            self._kernels = (_load_triton if self.name == "triton" else _load_cuda)(self.family)
+        if self.name == "torch":
+            return None
+        load = _load_triton if self.name == "triton" else _load_cuda
+        if torch.compiler.is_compiling():
+            # While dynamo traces: the import statements only, no cache to fill, since an attribute that the
+            # trace itself changes makes a guard dynamo cannot build (a module imported in the trace).
+            return load(self.family)
+        if self._kernels is None:
+            self._kernels = load(self.family)
         return self._kernels
 
     def machine_reason(self, device: torch.device) -> Optional[str]:
