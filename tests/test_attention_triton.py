@@ -1,4 +1,4 @@
-"""Triton attention kernels (fastattn/triton/attention.py): forward, backward and decode against the float64
+"""Triton attention kernels (the package fastattn/triton/attention/): forward, backward and decode against the float64
 reference, through the public API (backend="triton") and the launchers directly.
 
 Without a GPU the kernels run under TRITON_INTERPRET=1 on a tiny grid of odd sizes (seconds each). With a GPU the
