@@ -4,6 +4,7 @@ fastattn.reference.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional, Tuple
 
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _sdpa_shapes
 
 ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -209,32 +210,31 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                                  enable_gqa: bool = False) -> Tensor:
     """Drop-in for torch.nn.functional.scaled_dot_product_attention (same signature and semantics).
 
-    Inputs are (N, ..., L, E) / (N, ..., S, E); attn_mask is bool (True = attend) or float (added to the
-    scores) and broadcasts to (N, ..., L, S); is_causal is aligned top-left, as in PyTorch. A query row with
-    nothing to attend to returns zeros. Calls with dropout_p > 0, or a value head dim unlike the query's, are
-    passed to PyTorch's own implementation: fastattn's kernels have no dropout.
+    Inputs are (..., L, E) / (..., S, E), at least 2-D, with every broadcast PyTorch accepts: leading dims
+    broadcast against each other (size-1 and missing dims, no batch dims at all), dim -3 is the head dim (with
+    enable_gqa, key/value may have fewer heads dividing the query's; without it a single key/value head
+    broadcasts). All of it through views of q, k, v, never copies (fastattn/ops/_sdpa_shapes.py). attn_mask is
+    bool (True = attend) or float (added to the scores) and broadcasts to the scores (..., L, S); is_causal is
+    aligned top-left, as in PyTorch. A query row with nothing to attend to returns zeros. Calls with
+    dropout_p > 0, or a value head dim unlike the query's, are passed to PyTorch's own implementation:
+    fastattn's kernels have no dropout.
     """
     for n, t in (("query", query), ("key", key), ("value", value)):
         _checks.tensor(n, t)
-        if t.dim() < 3:
-            raise ValueError(f"{n} must have at least 3 dimensions (N, ..., L, E), got shape {tuple(t.shape)}")
     if dropout_p or value.shape[-1] != query.shape[-1]:
         return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                            scale=scale, enable_gqa=enable_gqa)
     if is_causal and attn_mask is not None:
         raise ValueError("attn_mask must be None when is_causal=True (as in PyTorch)")
-    lead = query.shape[:-2]
-    if query.dim() == 3:  # (N, L, E): one head
-        q4, k4, v4 = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-    else:  # (N, ..., H, L, E): fold the extra leading dims into the batch
-        q4 = query.reshape(-1, *query.shape[-3:])
-        k4 = key.reshape(-1, *key.shape[-3:])
-        v4 = value.reshape(-1, *value.shape[-3:])
-    hq, hkv = q4.shape[1], k4.shape[1]
-    if hq != hkv and not enable_gqa:
-        raise ValueError(f"query has {hq} heads but key/value have {hkv}: pass enable_gqa=True for GQA/MQA")
-    b, _, sq, _ = q4.shape
-    sk = k4.shape[2]
+    if _plain_4d(query, key, value, enable_gqa):  # the common call: no reshaping at all
+        vw = _sdpa_shapes.SdpaViews(query, key, value, (query.shape[0],), 0, query.shape[1],
+                                    tuple(query.shape))
+    else:
+        vw = _sdpa_shapes.views(query, key, value, enable_gqa)
+        if vw is None:  # enable_gqa with key and value of different head counts, neither 1: PyTorch repeats them
+            return _torch_sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                               enable_gqa=enable_gqa)
+    sq, sk = query.shape[-2], key.shape[-2]
     bias = None
     key_padding_mask = None
     causal = False
@@ -247,21 +247,35 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
             attn_mask = j <= i
     if attn_mask is not None:
         _checks.tensor("attn_mask", attn_mask)
-        _checks.broadcastable("attn_mask", attn_mask, tuple(lead) + (sq, sk), "(N, ..., L, S) =")
-        full = attn_mask.expand(tuple(lead) + (sq, sk))
-        full = full.unsqueeze(1) if query.dim() == 3 else full.reshape(b, hq, sq, sk)
-        if attn_mask.dtype == torch.bool and _is_key_padding(attn_mask, query.dim()):
-            key_padding_mask = full[:, 0, 0, :]   # (B, Sk): one mask row per batch, shared by heads and queries
+        if not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
+            raise TypeError(f"attn_mask must be bool or a float tensor, got {attn_mask.dtype}")
+        scores = _sdpa_shapes.score_batch_shape(query, key, enable_gqa) + (sq, sk)
+        _checks.broadcastable("attn_mask", attn_mask, scores, "the scores (..., L, S) =")
+        m = _sdpa_shapes.mask_view(attn_mask, vw) if attn_mask.dtype == torch.bool else None
+        if m is not None and m.shape[-3] == 1 and m.shape[-2] == 1:
+            # varies only along the batch and the keys: a key padding mask (B, Sk), one row per batch
+            key_padding_mask = m[..., 0, 0, :].expand(*m.shape[:-4], vw.q.shape[-4], sk)
         else:
-            bias = reference.sdpa_mask_to_bias(attn_mask, query.dtype if attn_mask.dtype == torch.bool
-                                               else attn_mask.dtype)
-            bias = bias.expand(tuple(lead) + (sq, sk))
-            bias = bias.unsqueeze(1) if query.dim() == 3 else bias.reshape(b, hq, sq, sk)
-    out = attention(q4, k4, v4, causal=causal, scale=scale, bias=bias, key_padding_mask=key_padding_mask)
-    return out.reshape(query.shape[:-1] + (value.shape[-1],))
+            bias = _sdpa_shapes.mask_view(reference.sdpa_mask_to_bias(
+                attn_mask, query.dtype if attn_mask.dtype == torch.bool else attn_mask.dtype), vw)
+
+    def run(idx):
+        return attention(vw.q[idx], vw.k[idx], vw.v[idx], causal=causal, scale=scale,
+                         bias=None if bias is None else bias[idx],
+                         key_padding_mask=None if key_padding_mask is None else key_padding_mask[idx])
+
+    if vw.n_prefix == 0:
+        out = run(())
+    else:  # outer dims whose broadcast strides do not fold into one batch dim: one call per leading index
+        out = torch.stack([run(idx) for idx in itertools.product(*map(range, vw.outer[:vw.n_prefix]))])
+    return out.reshape(vw.out_shape)
 
 
-def _is_key_padding(mask: Tensor, qdim: int) -> bool:
-    """True for a bool mask that varies only along the batch and key axes, e.g. (N, 1, 1, S) or (1, S)."""
-    shape = (1,) * (qdim - mask.dim()) + tuple(mask.shape)
-    return all(n == 1 for n in shape[1:-1])
+def _plain_4d(query: Tensor, key: Tensor, value: Tensor, enable_gqa: bool) -> bool:
+    """(B, H, L, E) query with (B, Hkv, S, E) key and value, Hkv = H (or dividing it under enable_gqa)."""
+    if not (query.dim() == key.dim() == value.dim() == 4):
+        return False
+    b, hq = query.shape[:2]
+    hk = key.shape[1]
+    return (key.shape[0] == b and key.shape[:3] == value.shape[:3] and key.shape[3] == query.shape[3]
+            and (hk == hq or (enable_gqa and hk > 0 and hq % hk == 0)))
