@@ -106,7 +106,7 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     mask = attention_mask(sq, sk, causal, key_padding_mask, q.device)
     s = _scores(qc, kc, scale, bias, mask)
     p = _probs(s, lse.to(cd))                                    # (B, Hq, Sq, Sk)
-    dv = torch.matmul(p.transpose(-1, -2), do)                   # (B, Hq, Sk, D)
+    dv = torch.matmul(p.transpose(-1, -2), do)                   # (B, Hq, Sk, Dv)
     dp = torch.matmul(do, vc.transpose(-1, -2))                  # (B, Hq, Sq, Sk)
     delta = (do * o).sum(-1, keepdim=True)                       # (B, Hq, Sq, 1) = rowsum(P * dP)
     ds = p * (dp - delta)                                        # gradient of the biased scores
@@ -114,7 +114,7 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     dk = torch.matmul(ds.transpose(-1, -2), qc) * scale
     if hkv != hq:  # sum the gradients of the query heads that share one KV head
         dk = dk.view(b, hkv, hq // hkv, sk, d).sum(2)
-        dv = dv.view(b, hkv, hq // hkv, sk, d).sum(2)
+        dv = dv.view(b, hkv, hq // hkv, sk, v.shape[3]).sum(2)
     dbias = None
     if bias is not None and bias_requires_grad:
         dbias = _sum_to_shape(ds, bias.shape).to(bias.dtype)

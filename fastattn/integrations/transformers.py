@@ -99,8 +99,8 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
                       attention_mask: Optional[Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
                       is_causal: Optional[bool] = None, position_bias: Optional[Tensor] = None, *,
                       backend: str = "auto", **kwargs):
-    """transformers' attention function contract: query (B, Hq, Sq, D), key/value (B, Hkv, Sk, D) ->
-    (attn_output (B, Sq, Hq, D), None). Mirrors transformers' "sdpa" function."""
+    """transformers' attention function contract: query (B, Hq, Sq, D), key (B, Hkv, Sk, D), value
+    (B, Hkv, Sk, Dv) -> (attn_output (B, Sq, Hq, Dv), None). Mirrors transformers' "sdpa" function."""
     if kwargs.get("output_attentions", False):
         _warn_once("output_attentions", "fastattn does not return attention weights (output_attentions=True): "
                    "they are None, as with 'sdpa'; use attn_implementation='eager' to get them")
@@ -108,9 +108,9 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"fastattn's transformers integration does not support {name!r}")
     sliding_window = kwargs.get("sliding_window")
-    if dropout > 0.0 or value.shape[-1] != query.shape[-1]:
-        _warn_once("fallback", "fastattn: attention dropout during training (or a value head dim unlike the "
-                   "query's) runs on transformers' 'sdpa': fastattn's kernels have no dropout")
+    if dropout > 0.0:  # a value head dim unlike the query's (Dv != D) runs in the kernels
+        _warn_once("fallback", "fastattn: attention dropout during training runs on transformers' 'sdpa': "
+                   "fastattn's kernels have no dropout")
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, position_bias=position_bias, **kwargs)
 

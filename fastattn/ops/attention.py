@@ -17,7 +17,14 @@ from . import _checks, _dispatch, _sdpa_shapes
 ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # PyTorch's own SDPA, captured before anyone assigns fastattn's to F.scaled_dot_product_attention; used for
-# the calls fastattn does not handle (dropout during training, value head dim unlike the query's).
+# the calls fastattn does not handle, all of them listed here:
+_PYTORCH_FALLBACKS = (
+    "dropout_p > 0: fastattn's kernels have no dropout yet (issue 16, item 2)",
+    "enable_gqa with key and value of different head counts, neither of them 1: the kernels read one KV head "
+    "count, and a view cannot repeat heads without copying K or V",
+)
+# A value head dim unlike the query's (Dv != D) is not among them: the Triton kernels and the reference take it
+# (fastattn.attention, decode_attention); a backend that cannot says so in its unsupported_attention.
 _torch_sdpa = torch.nn.functional.scaled_dot_product_attention
 
 
@@ -111,9 +118,9 @@ def _check_qkv(q, k, v):
     _checks.same_dtype(("q", q), ("k", k), ("v", v))
     _checks.same_device(("q", q), ("k", k), ("v", v))
     b, hq, sq, d = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape (B, Hkv, Sk, D), got {tuple(k.shape)} and "
-                         f"{tuple(v.shape)}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k and v must have the same shape but for the head dim, (B, Hkv, Sk, D) and (B, Hkv, "
+                         f"Sk, Dv), got {tuple(k.shape)} and {tuple(v.shape)}")
     if k.shape[0] != b or k.shape[3] != d:
         raise ValueError(f"k must have shape (B={b}, Hkv, Sk, D={d}) to match q {tuple(q.shape)}, got "
                          f"{tuple(k.shape)}")
@@ -121,8 +128,8 @@ def _check_qkv(q, k, v):
     if hkv == 0 or hq % hkv != 0:
         raise ValueError(f"the number of query heads Hq={hq} must be a multiple of the key/value heads "
                          f"Hkv={hkv} (GQA/MQA)")
-    if d == 0:
-        raise ValueError("q, k and v must have a head dim D > 0")
+    if d == 0 or v.shape[3] == 0:
+        raise ValueError(f"q, k and v must have head dims D, Dv > 0, got D={d}, Dv={v.shape[3]}")
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: Optional[float] = None,
@@ -130,7 +137,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
               backend: str = "auto"):
     """Fused multi-head attention softmax(q k^T * scale + bias) v over (B, H, S, D) tensors.
 
-    q: (B, Hq, Sq, D); k, v: (B, Hkv, Sk, D) with Hq % Hkv == 0 (GQA/MQA); Sq may differ from Sk.
+    q: (B, Hq, Sq, D); k: (B, Hkv, Sk, D), v: (B, Hkv, Sk, Dv) with Hq % Hkv == 0 (GQA/MQA); Sq may differ
+    from Sk, and Dv from D (multi-head latent attention); the output is (B, Hq, Sq, Dv).
     causal: query i attends to keys j <= i + (Sk - Sq) (aligned bottom-right, as in FlashAttention).
     bias: float tensor broadcastable to (B, Hq, Sq, Sk), added to the scaled scores; differentiable.
     key_padding_mask: bool (B, Sk), True = real token. scale: default 1/sqrt(D).
@@ -165,9 +173,9 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
                      scale: Optional[float] = None, backend: str = "auto") -> Tensor:
     """Attention of one new query token per sequence against a KV cache.
 
-    q: (B, Hq, D); k_cache, v_cache: (B, Hkv, Smax, D); cache_seqlens: int32 (B,), how many cache positions of
-    each sequence are valid (positions past it are never read). Returns (B, Hq, D). A sequence of length 0
-    returns zeros. Lengths outside [0, Smax] are clamped to that range on every device and backend, since
+    q: (B, Hq, D); k_cache: (B, Hkv, Smax, D), v_cache: (B, Hkv, Smax, Dv); cache_seqlens: int32 (B,), how many
+    cache positions of each sequence are valid (positions past it are never read). Returns (B, Hq, Dv). A
+    sequence of length 0 returns zeros. Lengths outside [0, Smax] are clamped to that range on every device and backend, since
     checking them would synchronise the device on every decode step; FASTATTN_STRICT_CHECKS=1 checks them
     (synchronising) and raises instead.
     """
@@ -178,9 +186,9 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
     _checks.same_dtype(("q", q), ("k_cache", k_cache), ("v_cache", v_cache))
     _checks.same_device(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens))
     b, hq, d = q.shape
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(f"k_cache and v_cache must have the same shape, got {tuple(k_cache.shape)} and "
-                         f"{tuple(v_cache.shape)}")
+    if k_cache.shape[:3] != v_cache.shape[:3] or v_cache.shape[3] == 0:
+        raise ValueError(f"k_cache and v_cache must have the same (B, Hkv, Smax) and head dims > 0, got "
+                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
     if k_cache.shape[0] != b or k_cache.shape[3] != d:
         raise ValueError(f"k_cache must have shape (B={b}, Hkv, Smax, D={d}) to match q {tuple(q.shape)}, got "
                          f"{tuple(k_cache.shape)}")
@@ -215,23 +223,23 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     enable_gqa, key/value may have fewer heads dividing the query's; without it a single key/value head
     broadcasts). All of it through views of q, k, v, never copies (fastattn/ops/_sdpa_shapes.py). attn_mask is
     bool (True = attend) or float (added to the scores) and broadcasts to the scores (..., L, S); is_causal is
-    aligned top-left, as in PyTorch. A query row with nothing to attend to returns zeros. Calls with
-    dropout_p > 0, or a value head dim unlike the query's, are passed to PyTorch's own implementation:
-    fastattn's kernels have no dropout.
+    aligned top-left, as in PyTorch. A value head dim unlike the query's (Ev != E) runs in fastattn's kernels.
+    A query row with nothing to attend to returns zeros. The calls fastattn hands to PyTorch's own SDPA are
+    listed in _PYTORCH_FALLBACKS.
     """
     for n, t in (("query", query), ("key", key), ("value", value)):
         _checks.tensor(n, t)
-    if dropout_p or value.shape[-1] != query.shape[-1]:
+    if dropout_p:  # _PYTORCH_FALLBACKS
         return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                            scale=scale, enable_gqa=enable_gqa)
     if is_causal and attn_mask is not None:
         raise ValueError("attn_mask must be None when is_causal=True (as in PyTorch)")
     if _plain_4d(query, key, value, enable_gqa):  # the common call: no reshaping at all
         vw = _sdpa_shapes.SdpaViews(query, key, value, (query.shape[0],), 0, query.shape[1],
-                                    tuple(query.shape))
+                                    tuple(query.shape[:-1]) + (value.shape[-1],))
     else:
         vw = _sdpa_shapes.views(query, key, value, enable_gqa)
-        if vw is None:  # enable_gqa with key and value of different head counts, neither 1: PyTorch repeats them
+        if vw is None:  # _PYTORCH_FALLBACKS
             return _torch_sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                                enable_gqa=enable_gqa)
     sq, sk = query.shape[-2], key.shape[-2]

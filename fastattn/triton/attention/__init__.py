@@ -15,13 +15,16 @@ also exported here, so `from fastattn.triton import attention` gives the whole f
 - common.py: the host-side checks and arguments every launcher shares.
 Ahead-of-time compilation takes the jit functions by these names: KERNELS below maps each to its object.
 
-Layout: q (B, Hq, Sq, D), k and v (B, Hkv, Sk, D) with Hq % Hkv == 0, any strides (each kernel takes all four
+Layout: q (B, Hq, Sq, D), k (B, Hkv, Sk, D), v (B, Hkv, Sk, Dv) with Hq % Hkv == 0, any strides (each kernel takes all four
 strides of every tensor, so a (B, S, H, D) tensor transposed to (B, H, S, D) is read in place). Query head h
 reads KV head h // (Hq // Hkv): GQA/MQA without materialising repeats. bias is a 4-D view expanded to
 (B, Hq, Sq, Sk): broadcast dims have stride 0 and a bias that is constant along Sq is read as one key vector.
 key_padding_mask is bool (B, Sk), True = real. Causal is aligned bottom-right: query i sees keys j <= i + Sk - Sq.
 Head dims 1..256: tiles are padded to HEAD_DIM_PAD, the next power of two >= 16, and the padding lanes are masked
-(read as 0, never written). Offsets are int64 (batch and head bases, row offsets), so no tensor size overflows.
+(read as 0, never written). The value head dim Dv may differ from D (multi-head latent attention): out, dout and
+dv are (.., Dv); q/k tiles and v/out tiles share the one padded width (the larger of the two), each with its
+own lane mask (HEAD_DIM, HEAD_DIM_V), so the smaller one carries zero lanes through its dots (a specialised
+tiling would save that work; not done). The TMA forward takes Dv = D only. Offsets are int64 (batch and head bases, row offsets), so no tensor size overflows.
 
 Numerics. Scores live in log2 units: s2 = q.k * (scale * log2 e) + bias * log2 e, so each softmax exponential is
 one exp2. Every kernel loads its tiles, multiplies on the tensor cores in the input dtype (p is rounded to it

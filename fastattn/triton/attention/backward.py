@@ -21,15 +21,15 @@ from .tiles import (LOG2E, _LOG2E, _bh_base, _bias_ptrs, _causal_visible, _col_t
 # ----------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, q_tile, do_tile,
+def _attn_bwd_dkdv_inner(dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, dv_ok, q_tile, do_tile,
                          Q, DOut, Lse, Delta, Bias, DBias, b, hk,
                          stride_qb, stride_qh, stride_qm, stride_dob, stride_doh, stride_dom,
                          stride_bb, stride_bh, stride_bm, stride_bn, stride_dbb, stride_dbh, stride_dbm,
                          lo, n_lo, hi_lo, n_hi, Hq, Sq, Sk, GROUP, qk_scale,
                          MASKED: tl.constexpr, DB_SLOT: tl.constexpr, CAUSAL: tl.constexpr,
                          BIAS_KIND: tl.constexpr, DBIAS_KIND: tl.constexpr, HAS_KPM: tl.constexpr,
-                         EVEN_D: tl.constexpr, COMPUTE_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr, COMPUTE_F32: tl.constexpr,
+                         DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Accumulate dk, dv (BLOCK_N, D_PAD) of one key block over n_lo query blocks from row lo and n_hi query
     blocks from row hi_lo, for each of the GROUP query heads of KV head hk, on transposed tiles (keys along rows).
 
@@ -56,7 +56,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, q_til
         q_ptrs = _bh_base(Q, b, h, stride_qb, stride_qh) + start_m.to(tl.int64) * stride_qm + q_tile
         do_ptrs = _bh_base(DOut, b, h, stride_dob, stride_doh) + start_m.to(tl.int64) * stride_dom + do_tile
         q = _load_rows(q_ptrs, row_ok, d_ok, CHECK_ROWS=MASKED, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)
-        do = _load_rows(do_ptrs, row_ok, d_ok, CHECK_ROWS=MASKED, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)
+        do = _load_rows(do_ptrs, row_ok, dv_ok, CHECK_ROWS=MASKED, EVEN_D=EVEN_DV, COMPUTE_F32=COMPUTE_F32)
         lse2 = _load_lse2(Lse + bh * Sq + rows, row_ok, CHECK_ROWS=MASKED)      # (BLOCK_M,)
         if MASKED:
             delta = tl.load(Delta + bh * Sq + rows, mask=row_ok, other=0.0)      # (BLOCK_M,)
@@ -109,7 +109,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, Kpm, DOut, Lse, Delta, DK, DV, DBias,
                           stride_dbb, stride_dbh, stride_dbm,
                           Hq, Sq, Sk, GROUP, qk_scale, scale,
                           SQ_BUCKET, SK_BUCKET,
-                          HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, EVEN_D: tl.constexpr,
+                          HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                          EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
                           CAUSAL: tl.constexpr, BIAS_KIND: tl.constexpr, DBIAS_KIND: tl.constexpr,
                           HAS_KPM: tl.constexpr, COMPUTE_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -132,12 +133,13 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, Kpm, DOut, Lse, Delta, DK, DV, DBias,
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     offs_mb = tl.arange(0, BLOCK_M)
     col_ok = offs_n < Sk
-    d_ok = offs_d < HEAD_DIM
+    d_ok = offs_d < HEAD_DIM                                                     # q, k lanes
+    dv_ok = offs_d < HEAD_DIM_V                                                  # v, out lanes
 
     k_ptrs = _row_tile(_bh_base(K, b, hk, stride_kb, stride_kh), offs_n, offs_d, stride_kn, stride_kd)
     v_ptrs = _row_tile(_bh_base(V, b, hk, stride_vb, stride_vh), offs_n, offs_d, stride_vn, stride_vd)
     k = _load_rows(k_ptrs, col_ok, d_ok, CHECK_ROWS=True, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)  # (BLOCK_N, D_PAD)
-    v = _load_rows(v_ptrs, col_ok, d_ok, CHECK_ROWS=True, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)  # (BLOCK_N, D_PAD)
+    v = _load_rows(v_ptrs, col_ok, dv_ok, CHECK_ROWS=True, EVEN_D=EVEN_DV, COMPUTE_F32=COMPUTE_F32)  # (BLOCK_N, D_PAD)
     if HAS_KPM:
         # why col_ok: past Sk there is no mask entry; those keys count as padding
         real = tl.load(Kpm + b.to(tl.int64) * stride_kpmb + offs_n, mask=col_ok, other=0) != 0   # (BLOCK_N,)
@@ -160,24 +162,28 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, Kpm, DOut, Lse, Delta, DK, DV, DBias,
     dk = tl.zeros([BLOCK_N, HEAD_DIM_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM_PAD], tl.float32)
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, q_tile, do_tile, Q, DOut, Lse, Delta, Bias, DBias, b, hk,
+        dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, dv_ok, q_tile, do_tile, Q, DOut, Lse, Delta, Bias, DBias,
+        b, hk,
         stride_qb, stride_qh, stride_qm, stride_dob, stride_doh, stride_dom,
         stride_bb, stride_bh, stride_bm, stride_bn, stride_dbb, stride_dbh, stride_dbm,
         a_end, (b_end - a_end) // BLOCK_M, 0, 0, Hq, Sq, Sk, GROUP, qk_scale,
         MASKED=False, DB_SLOT=0, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, DBIAS_KIND=DBIAS_KIND, HAS_KPM=HAS_KPM,
-        EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        EVEN_D=EVEN_D, EVEN_DV=EVEN_DV, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N)
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, q_tile, do_tile, Q, DOut, Lse, Delta, Bias, DBias, b, hk,
+        dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, dv_ok, q_tile, do_tile, Q, DOut, Lse, Delta, Bias, DBias,
+        b, hk,
         stride_qb, stride_qh, stride_qm, stride_dob, stride_doh, stride_dom,
         stride_bb, stride_bh, stride_bm, stride_bn, stride_dbb, stride_dbh, stride_dbm,
         lo, tl.cdiv(a_end - lo, BLOCK_M), b_end, tl.cdiv(Sq - b_end, BLOCK_M), Hq, Sq, Sk, GROUP, qk_scale,
         MASKED=True, DB_SLOT=1, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, DBIAS_KIND=DBIAS_KIND, HAS_KPM=HAS_KPM,
-        EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        EVEN_D=EVEN_D, EVEN_DV=EVEN_DV, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N)
 
     dk_ptrs = _row_tile(_bh_base(DK, b, hk, stride_dkb, stride_dkh), offs_n, offs_d, stride_dkn, stride_dkd)
     dv_ptrs = _row_tile(_bh_base(DV, b, hk, stride_dvb, stride_dvh), offs_n, offs_d, stride_dvn, stride_dvd)
     _store_tile(dk_ptrs, dk * scale, col_ok, d_ok)
-    _store_tile(dv_ptrs, dv, col_ok, d_ok)
+    _store_tile(dv_ptrs, dv, col_ok, dv_ok)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -187,10 +193,10 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, Kpm, DOut, Lse, Delta, DK, DV, DBias,
 @triton.jit
 def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, bias_base, kpm_base,
                        stride_kn, stride_kd, stride_vn, stride_vd, stride_bm, stride_bn,
-                       offs_m, offs_d, row_ok, d_ok, lo, hi, Sq, Sk, qk_scale,
+                       offs_m, offs_d, row_ok, d_ok, dv_ok, lo, hi, Sq, Sk, qk_scale,
                        MASKED: tl.constexpr, CAUSAL: tl.constexpr, BIAS_KIND: tl.constexpr,
-                       HAS_KPM: tl.constexpr, EVEN_D: tl.constexpr, COMPUTE_F32: tl.constexpr,
-                       DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+                       HAS_KPM: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
+                       COMPUTE_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     """Accumulate dq (BLOCK_M, D_PAD) of one query block over the key blocks [lo, hi); masks as in the forward."""
     offs_n = lo + tl.arange(0, BLOCK_N)
     kT_ptrs = _col_tile(k_base, offs_n, offs_d, stride_kn, stride_kd)            # (D_PAD, BLOCK_N)
@@ -199,7 +205,7 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, bias_base, kpm_ba
     for start_n in range(lo, hi, BLOCK_N):
         kT, cols, col_ok = _load_key_block(kT_ptrs, start_n, d_ok, Sk, MASKED=MASKED, EVEN_D=EVEN_D,
                                            COMPUTE_F32=COMPUTE_F32, BLOCK_N=BLOCK_N)    # (D_PAD, BLOCK_N)
-        vT = _load_cols(vT_ptrs, col_ok, d_ok, CHECK_COLS=MASKED, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)
+        vT = _load_cols(vT_ptrs, col_ok, dv_ok, CHECK_COLS=MASKED, EVEN_D=EVEN_DV, COMPUTE_F32=COMPUTE_F32)
         s = _masked_scores(q, kT, b_ptrs, kpm_base, cols, col_ok, offs_m, row_ok, Sq, Sk, qk_scale,
                            MASKED=MASKED, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, HAS_KPM=HAS_KPM,
                            DOT_PRECISION=DOT_PRECISION)                         # (BLOCK_M, BLOCK_N) log2
@@ -226,7 +232,8 @@ def _attn_bwd_dq_kernel(Q, K, V, Bias, Kpm, Out, DOut, Lse, Delta, DQ,
                         stride_dqb, stride_dqh, stride_dqm, stride_dqd,
                         Hq, Sq, Sk, GROUP, qk_scale, scale,
                         SQ_BUCKET, SK_BUCKET,
-                        HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, EVEN_D: tl.constexpr,
+                        HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                        EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
                         CAUSAL: tl.constexpr, BIAS_KIND: tl.constexpr, HAS_KPM: tl.constexpr,
                         COMPUTE_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -242,16 +249,18 @@ def _attn_bwd_dq_kernel(Q, K, V, Bias, Kpm, Out, DOut, Lse, Delta, DQ,
     m_lo, offs_m, h, b, hk = _query_program(GROUP, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M)  # offs_m (BLOCK_M,)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     row_ok = offs_m < Sq
-    d_ok = offs_d < HEAD_DIM
+    d_ok = offs_d < HEAD_DIM                                                     # q, k lanes
+    dv_ok = offs_d < HEAD_DIM_V                                                  # v, out lanes
 
     q_ptrs = _row_tile(_bh_base(Q, b, h, stride_qb, stride_qh), offs_m, offs_d, stride_qm, stride_qd)
     do_ptrs = _row_tile(_bh_base(DOut, b, h, stride_dob, stride_doh), offs_m, offs_d, stride_dom, stride_dod)
     q = _load_rows(q_ptrs, row_ok, d_ok, CHECK_ROWS=True, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)     # (BLOCK_M, D_PAD)
-    do = _load_rows(do_ptrs, row_ok, d_ok, CHECK_ROWS=True, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)   # (BLOCK_M, D_PAD)
+    do = _load_rows(do_ptrs, row_ok, dv_ok, CHECK_ROWS=True, EVEN_D=EVEN_DV,
+                    COMPUTE_F32=COMPUTE_F32)                                     # (BLOCK_M, D_PAD)
     bh = b.to(tl.int64) * Hq + h
     lse2 = _load_lse2(Lse + bh * Sq + offs_m, row_ok, CHECK_ROWS=True)          # (BLOCK_M,)
     o_ptrs = _row_tile(_bh_base(Out, b, h, stride_ob, stride_oh), offs_m, offs_d, stride_om, stride_od)
-    o = _load_rows(o_ptrs, row_ok, d_ok, CHECK_ROWS=True, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)     # (BLOCK_M, D_PAD)
+    o = _load_rows(o_ptrs, row_ok, dv_ok, CHECK_ROWS=True, EVEN_D=EVEN_DV, COMPUTE_F32=COMPUTE_F32)   # (BLOCK_M, D_PAD)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)                     # (BLOCK_M,) fp32
     tl.store(Delta + bh * Sq + offs_m, delta, mask=row_ok)
 
@@ -264,14 +273,14 @@ def _attn_bwd_dq_kernel(Q, K, V, Bias, Kpm, Out, DOut, Lse, Delta, DQ,
     dq = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)
     dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, bias_base, kpm_base,
                             stride_kn, stride_kd, stride_vn, stride_vd, stride_bm, stride_bn,
-                            offs_m, offs_d, row_ok, d_ok, 0, n_full, Sq, Sk, qk_scale,
+                            offs_m, offs_d, row_ok, d_ok, dv_ok, 0, n_full, Sq, Sk, qk_scale,
                             MASKED=False, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, HAS_KPM=HAS_KPM, EVEN_D=EVEN_D,
-                            COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+                            EVEN_DV=EVEN_DV, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
     dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, bias_base, kpm_base,
                             stride_kn, stride_kd, stride_vn, stride_vd, stride_bm, stride_bn,
-                            offs_m, offs_d, row_ok, d_ok, n_full, hi, Sq, Sk, qk_scale,
+                            offs_m, offs_d, row_ok, d_ok, dv_ok, n_full, hi, Sq, Sk, qk_scale,
                             MASKED=True, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, HAS_KPM=HAS_KPM, EVEN_D=EVEN_D,
-                            COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+                            EVEN_DV=EVEN_DV, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
     dq_ptrs = _row_tile(_bh_base(DQ, b, h, stride_dqb, stride_dqh), offs_m, offs_d, stride_dqm, stride_dqd)
     _store_tile(dq_ptrs, dq * scale, row_ok, d_ok)
 
@@ -310,10 +319,10 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     itself varies along Sq.
     """
     b, hq, sq, d = q.shape
-    hkv, sk = k.shape[1], k.shape[2]
+    hkv, sk, dv_dim = k.shape[1], k.shape[2], v.shape[3]
     dq = torch.empty((b, hq, sq, d), dtype=q.dtype, device=q.device)
     dk = torch.empty((b, hkv, sk, d), dtype=k.dtype, device=k.device)
-    dv = torch.empty((b, hkv, sk, d), dtype=v.dtype, device=v.device)
+    dv = torch.empty((b, hkv, sk, dv_dim), dtype=v.dtype, device=v.device)
     want_dbias = bias is not None and bias_requires_grad
     if q.numel() == 0 or k.numel() == 0:  # no score at all: every gradient is 0
         dbias = torch.zeros(bias.shape, dtype=bias.dtype, device=bias.device) if want_dbias else None
@@ -329,7 +338,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     dout = dout.to(q.dtype)  # tl.dot needs both operands in one dtype
     delta = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
     qk_scale = scale * LOG2E
-    common = dict(_head_meta(q, d), CAUSAL=bool(causal), BIAS_KIND=bias_kind, HAS_KPM=has_kpm)
+    common = dict(_head_meta(q, d, dv_dim), CAUSAL=bool(causal), BIAS_KIND=bias_kind, HAS_KPM=has_kpm)
     dkdv_args = (q, k, v, bias_t, kpm, dout, lse, delta, dk, dv, db_buf, *q.stride(), *k.stride(), *v.stride(),
                  *bs, kpm_stride, *dout.stride(), *dk.stride(), *dv.stride(), *db_strides,
                  hq, sq, sk, hq // hkv, qk_scale, scale, _bucket(sq), _bucket(sk))

@@ -38,12 +38,13 @@ def _precision(dtype: torch.dtype) -> Tuple[bool, str]:
     return f32, ("ieee" if f32 else "tf32")
 
 
-def _head_meta(q: Tensor, d: int) -> dict:
-    """The constexprs every kernel takes from the head dim and dtype."""
+def _head_meta(q: Tensor, d: int, dv: int) -> dict:
+    """The constexprs every kernel takes from the head dims and dtype. q/k (HEAD_DIM) and v/out (HEAD_DIM_V)
+    tiles share one padded width HEAD_DIM_PAD, the next power of two >= both (>= 16); each has its own mask."""
     compute_f32, precision = _precision(q.dtype)
-    d_pad = _head_dim_pad(d)
-    return dict(HEAD_DIM=d, HEAD_DIM_PAD=d_pad, EVEN_D=d == d_pad, COMPUTE_F32=compute_f32,
-                DOT_PRECISION=precision)
+    d_pad = _head_dim_pad(max(d, dv))
+    return dict(HEAD_DIM=d, HEAD_DIM_V=dv, HEAD_DIM_PAD=d_pad, EVEN_D=d == d_pad, EVEN_DV=dv == d_pad,
+                COMPUTE_F32=compute_f32, DOT_PRECISION=precision)
 
 
 def _unsupported_common(q: Tensor, tensors, d: int) -> Optional[str]:

@@ -24,8 +24,9 @@ def _decode_split_kernel(Q, K, V, Seqlens, Out, OPart, LPart,
                          stride_ob, stride_oh, stride_od,
                          Hq, GROUP, Smax, split_len, num_splits, qk_scale,
                          SMAX_BUCKET,
-                         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, EVEN_D: tl.constexpr,
-                         BLOCK_G: tl.constexpr, SINGLE_SPLIT: tl.constexpr, COMPUTE_F32: tl.constexpr,
+                         HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                         EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr, BLOCK_G: tl.constexpr,
+                         SINGLE_SPLIT: tl.constexpr, COMPUTE_F32: tl.constexpr,
                          DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     """Decode, one split. Grid (num_splits, Hkv, B): one program per (split of the cache, batch, KV head).
 
@@ -34,7 +35,7 @@ def _decode_split_kernel(Q, K, V, Seqlens, Out, OPart, LPart,
     positions [split * split_len, min((split + 1) * split_len, cache_seqlens[b])) and never reads past the
     sequence's length (cache_seqlens[b] is clamped to Smax; a negative one reads nothing). With one split it
     writes the normalised output (B, Hq, D) directly; otherwise it writes its normalised partial output OPart
-    (B, Hq, num_splits, D) float32 and partial log2-sum-exp LPart (B, Hq, num_splits) float32 (-inf for a split
+    (B, Hq, num_splits, Dv) float32 and partial log2-sum-exp LPart (B, Hq, num_splits) float32 (-inf for a split
     with no keys) for _decode_combine_kernel.
     SMAX_BUCKET is only part of the autotuning key.
     """
@@ -48,7 +49,8 @@ def _decode_split_kernel(Q, K, V, Seqlens, Out, OPart, LPart,
     offs_g = tl.arange(0, BLOCK_G)                                               # (BLOCK_G,) query heads
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     g_ok = offs_g < GROUP
-    d_ok = offs_d < HEAD_DIM
+    d_ok = offs_d < HEAD_DIM                                                     # q, k lanes
+    dv_ok = offs_d < HEAD_DIM_V                                                  # v, out lanes
     heads = hk * GROUP + offs_g
 
     q_ptrs = _row_tile(Q + b.to(tl.int64) * stride_qb, heads, offs_d, stride_qh, stride_qd)
@@ -68,7 +70,7 @@ def _decode_split_kernel(Q, K, V, Seqlens, Out, OPart, LPart,
         s = tl.dot(q, kT, input_precision=DOT_PRECISION) * qk_scale             # (BLOCK_G, BLOCK_N) log2
         s = tl.where(col_ok[None, :], s, float("-inf"))                          # why: unloaded keys weigh 0
         p, m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc)
-        v = _load_rows(v_ptrs, col_ok, d_ok, CHECK_ROWS=True, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)
+        v = _load_rows(v_ptrs, col_ok, dv_ok, CHECK_ROWS=True, EVEN_D=EVEN_DV, COMPUTE_F32=COMPUTE_F32)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)      # (BLOCK_G, D_PAD)
         kT_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
@@ -77,10 +79,10 @@ def _decode_split_kernel(Q, K, V, Seqlens, Out, OPart, LPart,
     out, lse2 = _normalise(acc, l_i, m_i)                                        # (BLOCK_G, D_PAD), (BLOCK_G,)
     if SINGLE_SPLIT:
         o_ptrs = _row_tile(Out + b.to(tl.int64) * stride_ob, heads, offs_d, stride_oh, stride_od)
-        _store_tile(o_ptrs, out, g_ok, d_ok)  # why g_ok: padding rows past GROUP are not heads of this group
+        _store_tile(o_ptrs, out, g_ok, dv_ok)  # why g_ok: padding rows past GROUP are not heads of this group
     else:
         row = (b.to(tl.int64) * Hq + heads) * num_splits + split                 # (BLOCK_G,) into (B, Hq, splits)
-        _store_tile(OPart + row[:, None] * HEAD_DIM + offs_d[None, :], out, g_ok, d_ok)
+        _store_tile(OPart + row[:, None] * HEAD_DIM_V + offs_d[None, :], out, g_ok, dv_ok)
         tl.store(LPart + row, lse2, mask=g_ok)
 
 
@@ -89,7 +91,7 @@ def _decode_combine_kernel(OPart, LPart, Out, stride_ob, stride_oh, stride_od, H
                            HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_S: tl.constexpr):
     """Decode, merge. Grid (Hq, B): one program per (batch, query head) merges its num_splits partial outputs
     with weights 2^(lse_s - max lse) (log-sum-exp in log2 units) and writes out (B, Hq, D) in Out's dtype; a
-    sequence with no keys at all gives 0."""
+    sequence with no keys at all gives 0. HEAD_DIM is the value head dim here (the width of out)."""
     h = tl.program_id(0)
     b = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)                                               # (BLOCK_S,) splits
@@ -114,7 +116,7 @@ _decode_split_tuned = configs.tuned_decode(_decode_split_kernel)
 
 def unsupported_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor) -> Optional[str]:
     """None if the Triton decode kernels run this call, else a short reason. Cheap: shapes and dtypes only."""
-    why = _unsupported_common(q, (k_cache, v_cache, cache_seqlens), q.shape[-1])
+    why = _unsupported_common(q, (k_cache, v_cache, cache_seqlens), max(q.shape[-1], v_cache.shape[-1]))
     if why is not None:
         return why
     if q.shape[0] > _MAX_GRID_YZ or k_cache.shape[1] > _MAX_GRID_YZ:
@@ -124,12 +126,13 @@ def unsupported_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlen
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor, scale: float,
                      num_splits: Optional[int] = None) -> Tensor:
-    """out (B, Hq, D) in q's dtype: q (B, Hq, D) against the first cache_seqlens[b] positions of the caches
-    (B, Hkv, Smax, D). num_splits: key splits per (batch, KV head); default from the SM count (flash-decoding).
+    """out (B, Hq, Dv) in q's dtype: q (B, Hq, D) against the first cache_seqlens[b] positions of the caches
+    k_cache (B, Hkv, Smax, D) and v_cache (B, Hkv, Smax, Dv). num_splits: key splits per (batch, KV head);
+    default from the SM count (flash-decoding).
     With more than one split, partial results go through a float32 (B, Hq, splits, D) buffer and a combine."""
     b, hq, d = q.shape
-    hkv, smax = k_cache.shape[1], k_cache.shape[2]
-    out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
+    hkv, smax, dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[3]
+    out = torch.empty((b, hq, dv), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
     if smax == 0:
@@ -144,9 +147,9 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
     if single:
         o_part, l_part = out, out  # unused
     else:
-        o_part = torch.empty((b, hq, splits, d), dtype=torch.float32, device=q.device)
+        o_part = torch.empty((b, hq, splits, dv), dtype=torch.float32, device=q.device)
         l_part = torch.empty((b, hq, splits), dtype=torch.float32, device=q.device)
-    head = _head_meta(q, d)
+    head = _head_meta(q, d, dv)
     args = (q, k_cache, v_cache, seqlens, out, o_part, l_part, *q.stride(), *k_cache.stride(), *v_cache.stride(),
             *out.stride(), hq, group, smax, split_len, splits, scale * LOG2E, _bucket(smax))
     meta = dict(head, BLOCK_G=max(16, triton.next_power_of_2(group)), SINGLE_SPLIT=single)
@@ -160,6 +163,6 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
                        interp_blocks=dict(BLOCK_N=_INTERP_BLOCK), fixed=fixed)
         if not single:
             _decode_combine_kernel[(hq, b)](o_part, l_part, out, *out.stride(), hq, splits,
-                                            HEAD_DIM=d, HEAD_DIM_PAD=head["HEAD_DIM_PAD"],
+                                            HEAD_DIM=dv, HEAD_DIM_PAD=head["HEAD_DIM_PAD"],
                                             BLOCK_S=triton.next_power_of_2(splits))
     return out

@@ -20,9 +20,9 @@ from .tma import _attention_fwd_tma, _use_hopper_forward
 @triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, bias_base, kpm_base,
                     stride_kn, stride_kd, stride_vn, stride_vd, stride_bm, stride_bn,
-                    offs_m, offs_d, row_ok, d_ok, lo, hi, Sq, Sk, qk_scale,
+                    offs_m, offs_d, row_ok, d_ok, dv_ok, lo, hi, Sq, Sk, qk_scale,
                     MASKED: tl.constexpr, CAUSAL: tl.constexpr, BIAS_KIND: tl.constexpr,
-                    HAS_KPM: tl.constexpr, EVEN_D: tl.constexpr, COMPUTE_F32: tl.constexpr,
+                    HAS_KPM: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr, COMPUTE_F32: tl.constexpr,
                     DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     """Online softmax over the key blocks [lo, hi) for one query block. MASKED blocks are the ones that cross the
     causal diagonal or the end of the keys; the others skip those masks (the bias and key padding are data and
@@ -40,7 +40,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, bias_base, kpm_base,
         if BIAS_KIND != 0:
             b_ptrs += BLOCK_N * stride_bn
         p, m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc)
-        v = _load_rows(v_ptrs, col_ok, d_ok, CHECK_ROWS=MASKED, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)
+        v = _load_rows(v_ptrs, col_ok, dv_ok, CHECK_ROWS=MASKED, EVEN_D=EVEN_DV, COMPUTE_F32=COMPUTE_F32)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)       # (BLOCK_M, D_PAD) fp32
         kT_ptrs += BLOCK_N * stride_kn
         v_ptrs += BLOCK_N * stride_vn
@@ -57,7 +57,8 @@ def _attn_fwd_kernel(Q, K, V, Bias, Kpm, Out, Lse,
                      stride_ob, stride_oh, stride_om, stride_od,
                      Hq, Sq, Sk, GROUP, qk_scale,
                      SQ_BUCKET, SK_BUCKET,
-                     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, EVEN_D: tl.constexpr,
+                     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                     EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
                      CAUSAL: tl.constexpr, BIAS_KIND: tl.constexpr, HAS_KPM: tl.constexpr,
                      COMPUTE_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -73,7 +74,8 @@ def _attn_fwd_kernel(Q, K, V, Bias, Kpm, Out, Lse,
     m_lo, offs_m, h, b, hk = _query_program(GROUP, CAUSAL=CAUSAL, BLOCK_M=BLOCK_M)  # offs_m (BLOCK_M,)
     offs_d = tl.arange(0, HEAD_DIM_PAD)                                          # (D_PAD,)
     row_ok = offs_m < Sq
-    d_ok = offs_d < HEAD_DIM
+    d_ok = offs_d < HEAD_DIM                                                     # q, k lanes
+    dv_ok = offs_d < HEAD_DIM_V                                                  # v, out lanes
 
     q_ptrs = _row_tile(_bh_base(Q, b, h, stride_qb, stride_qh), offs_m, offs_d, stride_qm, stride_qd)
     q = _load_rows(q_ptrs, row_ok, d_ok, CHECK_ROWS=True, EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32)  # (BLOCK_M, D_PAD)
@@ -88,20 +90,20 @@ def _attn_fwd_kernel(Q, K, V, Bias, Kpm, Out, Lse,
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], tl.float32)                          # unnormalised output
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, bias_base, kpm_base,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_bm, stride_bn,
-                                    offs_m, offs_d, row_ok, d_ok, 0, n_full, Sq, Sk, qk_scale,
+                                    offs_m, offs_d, row_ok, d_ok, dv_ok, 0, n_full, Sq, Sk, qk_scale,
                                     MASKED=False, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, HAS_KPM=HAS_KPM,
-                                    EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION,
-                                    BLOCK_N=BLOCK_N)
+                                    EVEN_D=EVEN_D, EVEN_DV=EVEN_DV, COMPUTE_F32=COMPUTE_F32,
+                                    DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, bias_base, kpm_base,
                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_bm, stride_bn,
-                                    offs_m, offs_d, row_ok, d_ok, n_full, hi, Sq, Sk, qk_scale,
+                                    offs_m, offs_d, row_ok, d_ok, dv_ok, n_full, hi, Sq, Sk, qk_scale,
                                     MASKED=True, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, HAS_KPM=HAS_KPM,
-                                    EVEN_D=EVEN_D, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION,
-                                    BLOCK_N=BLOCK_N)
+                                    EVEN_D=EVEN_D, EVEN_DV=EVEN_DV, COMPUTE_F32=COMPUTE_F32,
+                                    DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
 
     out, lse2 = _normalise(acc, l_i, m_i)                                        # (BLOCK_M, D_PAD), (BLOCK_M,)
     o_ptrs = _row_tile(_bh_base(Out, b, h, stride_ob, stride_oh), offs_m, offs_d, stride_om, stride_od)
-    _store_tile(o_ptrs, out, row_ok, d_ok)
+    _store_tile(o_ptrs, out, row_ok, dv_ok)
     tl.store(Lse + (b.to(tl.int64) * Hq + h) * Sq + offs_m, lse2 * _LN2, mask=row_ok)   # natural log
 
 
@@ -111,7 +113,8 @@ _attn_fwd_tuned = configs.tuned("fwd", _attn_fwd_kernel)
 def unsupported_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
                           key_padding_mask: Optional[Tensor], causal: bool) -> Optional[str]:
     """None if the Triton kernels run this attention call, else a short reason. Cheap: shapes and dtypes only."""
-    why = _unsupported_common(q, [t for t in (k, v, bias, key_padding_mask) if t is not None], q.shape[-1])
+    why = _unsupported_common(q, [t for t in (k, v, bias, key_padding_mask) if t is not None],
+                              max(q.shape[-1], v.shape[-1]))
     if why is not None:
         return why
     if q.shape[0] > _MAX_GRID_YZ or q.shape[1] > _MAX_GRID_YZ:
@@ -125,10 +128,10 @@ def unsupported_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor
 
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_padding_mask: Optional[Tensor],
                   causal: bool, scale: float) -> Tuple[Tensor, Tensor]:
-    """(out (B, Hq, Sq, D) in q's dtype, contiguous; lse (B, Hq, Sq) float32). See the package docstring."""
+    """(out (B, Hq, Sq, Dv) in q's dtype, contiguous; lse (B, Hq, Sq) float32). See the package docstring."""
     b, hq, sq, d = q.shape
-    hkv, sk = k.shape[1], k.shape[2]
-    out = torch.empty((b, hq, sq, d), dtype=q.dtype, device=q.device)
+    hkv, sk, dv = k.shape[1], k.shape[2], v.shape[3]
+    out = torch.empty((b, hq, sq, dv), dtype=q.dtype, device=q.device)
     lse = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
@@ -142,7 +145,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_p
     kpm, kpm_stride, has_kpm = _kpm_args(key_padding_mask, q)
     args = (q, k, v, bias_t, kpm, out, lse, *q.stride(), *k.stride(), *v.stride(), *bs, kpm_stride,
             *out.stride(), hq, sq, sk, hq // hkv, scale * LOG2E, _bucket(sq), _bucket(sk))
-    meta = dict(_head_meta(q, d), CAUSAL=bool(causal), BIAS_KIND=bias_kind, HAS_KPM=has_kpm)
+    meta = dict(_head_meta(q, d, dv), CAUSAL=bool(causal), BIAS_KIND=bias_kind, HAS_KPM=has_kpm)
     with _device_guard(q):
         configs.launch_pass("fwd", _attn_fwd_kernel, _attn_fwd_tuned,
                             lambda m: (triton.cdiv(sq, m["BLOCK_M"]), hq, b), args, meta, q.dtype, bias_t)

@@ -96,11 +96,11 @@ def hopper_enabled() -> bool:
 def tma_forward_supports(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
                          key_padding_mask: Optional[Tensor]) -> bool:
     """Whether _attn_fwd_tma_kernel handles this call: 16-bit q, k, v, no bias or key padding, D a power of two
-    in [16, 256], and what a TMA descriptor needs: 16-byte aligned bases and strides, unit stride along D."""
+    in [16, 256] and Dv = D, and what a TMA descriptor needs: 16-byte aligned bases and strides, unit stride along D."""
     d = q.shape[-1]
     if bias is not None or key_padding_mask is not None or q.dtype not in (torch.float16, torch.bfloat16):
         return False
-    if d != _head_dim_pad(d) or d > MAX_HEAD_DIM:
+    if d != _head_dim_pad(d) or d > MAX_HEAD_DIM or v.shape[-1] != d:  # one block width for q, k, v, out
         return False
     for t in (q, k, v):
         if t.dtype != q.dtype or t.stride(-1) != 1 or t.data_ptr() % 16:
