@@ -19,7 +19,7 @@ ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # PyTorch's own SDPA, captured before anyone assigns fastattn's to F.scaled_dot_product_attention; used for
 # the calls fastattn does not handle, all of them listed here:
 _PYTORCH_FALLBACKS = (
-    "dropout_p > 0: fastattn's kernels have no dropout yet (issue 16, item 2)",
+    "dropout_p >= 1: every probability dropped (PyTorch's definition of that edge)",
     "enable_gqa with key and value of different head counts, neither of them 1: the kernels read one KV head "
     "count, and a view cannot repeat heads without copying K or V",
 )
@@ -38,16 +38,21 @@ def _kernel_module(backend: str):
 
 @torch.library.custom_op("fastattn::attention_fwd", mutates_args=())
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_padding_mask: Optional[Tensor],
-                  causal: bool, scale: float, backend: str) -> Tuple[Tensor, Tensor]:
-    """(out (B, Hq, Sq, D) in q's dtype, lse (B, Hq, Sq) float32). bias is 4-D, broadcastable."""
+                  causal: bool, scale: float, backend: str, dropout_p: float = 0.0, seed: int = 0,
+                  offset: int = 0) -> Tuple[Tensor, Tensor]:
+    """(out (B, Hq, Sq, Dv) in q's dtype, lse (B, Hq, Sq) float32). bias is 4-D, broadcastable. dropout_p > 0:
+    attention dropout drawn from the counter-based stream of (seed, offset) (fastattn.reference.dropout_keep)."""
     if backend == "torch":
         return reference.attention(q, k, v, causal=causal, scale=scale, bias=bias,
-                                   key_padding_mask=key_padding_mask)
+                                   key_padding_mask=key_padding_mask, dropout_p=dropout_p, seed=seed, offset=offset)
+    if dropout_p:
+        return _kernel_module(backend).attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, dropout_p,
+                                                     seed, offset)
     return _kernel_module(backend).attention_fwd(q, k, v, bias, key_padding_mask, causal, scale)
 
 
 @attention_fwd.register_fake
-def _(q, k, v, bias, key_padding_mask, causal, scale, backend):
+def _(q, k, v, bias, key_padding_mask, causal, scale, backend, dropout_p=0.0, seed=0, offset=0):
     b, hq, sq, _ = q.shape
     return q.new_empty((b, hq, sq, v.shape[-1])), q.new_empty((b, hq, sq), dtype=torch.float32)
 
@@ -55,12 +60,18 @@ def _(q, k, v, bias, key_padding_mask, causal, scale, backend):
 @torch.library.custom_op("fastattn::attention_bwd", mutates_args=())
 def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, bias: Optional[Tensor],
                   key_padding_mask: Optional[Tensor], causal: bool, scale: float, bias_requires_grad: bool,
-                  backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv, dbias); dbias has bias's shape when bias_requires_grad, else it is empty."""
+                  backend: str, dropout_p: float = 0.0, seed: int = 0, offset: int = 0
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dbias); dbias has bias's shape when bias_requires_grad, else it is empty. The dropout mask
+    of the forward is regenerated from (seed, offset)."""
     if backend == "torch":
         dq, dk, dv, dbias = reference.attention_backward(
             dout, q, k, v, out, lse, causal=causal, scale=scale, bias=bias, key_padding_mask=key_padding_mask,
-            bias_requires_grad=bias_requires_grad)
+            bias_requires_grad=bias_requires_grad, dropout_p=dropout_p, seed=seed, offset=offset)
+    elif dropout_p:
+        dq, dk, dv, dbias = _kernel_module(backend).attention_bwd(
+            dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad, dropout_p, seed,
+            offset)
     else:
         dq, dk, dv, dbias = _kernel_module(backend).attention_bwd(
             dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad)
@@ -70,25 +81,27 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
 
 
 @attention_bwd.register_fake
-def _(dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad, backend):
+def _(dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad, backend, dropout_p=0.0,
+      seed=0, offset=0):
     dbias = bias.new_empty(bias.shape) if (bias is not None and bias_requires_grad) else q.new_empty((0,))
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
 
 
 def _fwd_setup_context(ctx, inputs, output):
-    q, k, v, bias, key_padding_mask, causal, scale, backend = inputs
+    q, k, v, bias, key_padding_mask, causal, scale, backend = inputs[:8]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, bias, key_padding_mask)
     ctx.causal, ctx.scale, ctx.backend = causal, scale, backend
+    ctx.dropout = tuple(inputs[8:])   # (dropout_p, seed, offset) when given: the mask is regenerated, not saved
 
 
 def _fwd_backward(ctx, dout, dlse):
     q, k, v, out, lse, bias, key_padding_mask = ctx.saved_tensors
     bias_grad = bias is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dbias = attention_bwd(dout, q, k, v, out, lse, bias, key_padding_mask, ctx.causal,
-                                      ctx.scale, bias_grad, ctx.backend)
+                                      ctx.scale, bias_grad, ctx.backend, *ctx.dropout)
     # The lse output is for inspection: gradients through it are not propagated (as in FlashAttention).
-    return dq, dk, dv, (dbias if bias_grad else None), None, None, None, None
+    return (dq, dk, dv, (dbias if bias_grad else None)) + (None,) * (4 + len(ctx.dropout))
 
 
 attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
@@ -134,7 +147,7 @@ def _check_qkv(q, k, v):
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: Optional[float] = None,
               bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None, return_lse: bool = False,
-              backend: str = "auto"):
+              dropout_p: float = 0.0, backend: str = "auto"):
     """Fused multi-head attention softmax(q k^T * scale + bias) v over (B, H, S, D) tensors.
 
     q: (B, Hq, Sq, D); k: (B, Hkv, Sk, D), v: (B, Hkv, Sk, Dv) with Hq % Hkv == 0 (GQA/MQA); Sq may differ
@@ -144,6 +157,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
     key_padding_mask: bool (B, Sk), True = real token. scale: default 1/sqrt(D).
     A row with no key to attend to returns zeros. return_lse: also return the float32 (B, Hq, Sq) log-sum-exp
     of the scaled scores (-inf for such rows). Differentiable in q, k, v and bias.
+    dropout_p in [0, 1): attention dropout on the probabilities (whenever > 0: the caller decides, as with
+    SDPA), kept ones scaled by 1 / (1 - dropout_p). The mask comes from a counter-based stream keyed by a seed
+    and offset drawn from torch's default CPU generator (reproducible under torch.manual_seed, no device sync);
+    the backward regenerates it. The torch backend draws the same stream, bit for bit.
     """
     _check_qkv(q, k, v)
     b, hq, sq, d = q.shape
@@ -163,10 +180,24 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
             raise ValueError(f"key_padding_mask must have shape (B, Sk) = ({b}, {sk}), got "
                              f"{tuple(key_padding_mask.shape)}")
         _checks.same_device(("q", q), ("key_padding_mask", key_padding_mask))
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
     chosen = _dispatch.select(backend, "attention", "attention", "attention_fwd", q.device, q.dtype,
                               "unsupported_attention", (q, k, v, bias, key_padding_mask, causal))
-    out, lse = attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, chosen.name)
+    if dropout_p > 0.0:
+        seed, offset = dropout_seed()
+        out, lse = attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, chosen.name, float(dropout_p),
+                                 seed, offset)
+    else:
+        out, lse = attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, chosen.name)
     return (out, lse) if return_lse else out
+
+
+def dropout_seed() -> Tuple[int, int]:
+    """(seed, offset) of one dropout call, from torch's default CPU generator: a 62-bit seed for Philox and a
+    31-bit counter offset. CPU, so drawing them never synchronises a GPU."""
+    seed, offset = torch.randint(0, 2 ** 62, (2,), dtype=torch.int64).tolist()
+    return seed, offset % (2 ** 31)
 
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor, *,
@@ -175,8 +206,8 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
 
     q: (B, Hq, D); k_cache: (B, Hkv, Smax, D), v_cache: (B, Hkv, Smax, Dv); cache_seqlens: int32 (B,), how many
     cache positions of each sequence are valid (positions past it are never read). Returns (B, Hq, Dv). A
-    sequence of length 0 returns zeros. Lengths outside [0, Smax] are clamped to that range on every device and backend, since
-    checking them would synchronise the device on every decode step; FASTATTN_STRICT_CHECKS=1 checks them
+    sequence of length 0 returns zeros. Lengths outside [0, Smax] are clamped to that range on every device and
+    backend, since checking them would synchronise the device on every decode step; FASTATTN_STRICT_CHECKS=1 checks them
     (synchronising) and raises instead.
     """
     _checks.tensor("q", q, ndim=3, dtypes=ATTN_DTYPES + (torch.float64,))
@@ -224,12 +255,13 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     broadcasts). All of it through views of q, k, v, never copies (fastattn/ops/_sdpa_shapes.py). attn_mask is
     bool (True = attend) or float (added to the scores) and broadcasts to the scores (..., L, S); is_causal is
     aligned top-left, as in PyTorch. A value head dim unlike the query's (Ev != E) runs in fastattn's kernels.
-    A query row with nothing to attend to returns zeros. The calls fastattn hands to PyTorch's own SDPA are
-    listed in _PYTORCH_FALLBACKS.
+    A query row with nothing to attend to returns zeros. dropout_p runs in fastattn's kernels (see
+    fastattn.attention; a different random stream than PyTorch's, so results agree in distribution, not bit
+    for bit). The calls fastattn hands to PyTorch's own SDPA are listed in _PYTORCH_FALLBACKS.
     """
     for n, t in (("query", query), ("key", key), ("value", value)):
         _checks.tensor(n, t)
-    if dropout_p:  # _PYTORCH_FALLBACKS
+    if dropout_p >= 1.0:  # _PYTORCH_FALLBACKS
         return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                            scale=scale, enable_gqa=enable_gqa)
     if is_causal and attn_mask is not None:
@@ -240,8 +272,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     else:
         vw = _sdpa_shapes.views(query, key, value, enable_gqa)
         if vw is None:  # _PYTORCH_FALLBACKS
-            return _torch_sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
-                               enable_gqa=enable_gqa)
+            return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                               scale=scale, enable_gqa=enable_gqa)
     sq, sk = query.shape[-2], key.shape[-2]
     bias = None
     key_padding_mask = None
@@ -268,7 +300,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                 attn_mask, query.dtype if attn_mask.dtype == torch.bool else attn_mask.dtype), vw)
 
     def run(idx):
-        return attention(vw.q[idx], vw.k[idx], vw.v[idx], causal=causal, scale=scale,
+        return attention(vw.q[idx], vw.k[idx], vw.v[idx], causal=causal, scale=scale, dropout_p=dropout_p,
                          bias=None if bias is None else bias[idx],
                          key_padding_mask=None if key_padding_mask is None else key_padding_mask[idx])
 

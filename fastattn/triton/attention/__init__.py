@@ -12,19 +12,26 @@ also exported here, so `from fastattn.triton import attention` gives the whole f
 - tma.py: the Hopper TMA forward _attn_fwd_tma_kernel (+ _tuned), hopper_enabled, tma_forward_supports.
 - configs.py: the block shapes, their shared-memory and register checks, fixed_shape, the autotuning
   wrappers, the one launch function, decode's split count.
+- dropout.py: _dropout_mask_kernel, dropout_mask (the keep mask of one call, for tests).
 - common.py: the host-side checks and arguments every launcher shares.
 Ahead-of-time compilation takes the jit functions by these names: KERNELS below maps each to its object.
 
-Layout: q (B, Hq, Sq, D), k (B, Hkv, Sk, D), v (B, Hkv, Sk, Dv) with Hq % Hkv == 0, any strides (each kernel takes all four
-strides of every tensor, so a (B, S, H, D) tensor transposed to (B, H, S, D) is read in place). Query head h
-reads KV head h // (Hq // Hkv): GQA/MQA without materialising repeats. bias is a 4-D view expanded to
+Layout: q (B, Hq, Sq, D), k (B, Hkv, Sk, D), v (B, Hkv, Sk, Dv) with Hq % Hkv == 0, any strides (each kernel
+takes all four strides of every tensor, so a (B, S, H, D) tensor transposed to (B, H, S, D) is read in place).
+Query head h reads KV head h // (Hq // Hkv): GQA/MQA without materialising repeats. bias is a 4-D view expanded to
 (B, Hq, Sq, Sk): broadcast dims have stride 0 and a bias that is constant along Sq is read as one key vector.
 key_padding_mask is bool (B, Sk), True = real. Causal is aligned bottom-right: query i sees keys j <= i + Sk - Sq.
 Head dims 1..256: tiles are padded to HEAD_DIM_PAD, the next power of two >= 16, and the padding lanes are masked
 (read as 0, never written). The value head dim Dv may differ from D (multi-head latent attention): out, dout and
 dv are (.., Dv); q/k tiles and v/out tiles share the one padded width (the larger of the two), each with its
 own lane mask (HEAD_DIM, HEAD_DIM_V), so the smaller one carries zero lanes through its dots (a specialised
-tiling would save that work; not done). The TMA forward takes Dv = D only. Offsets are int64 (batch and head bases, row offsets), so no tensor size overflows.
+tiling would save that work; not done). The TMA forward takes Dv = D only. Offsets are int64 (batch and head
+bases, row offsets), so no tensor size overflows.
+
+Dropout (dropout_p > 0, training): the probabilities P are dropped by a counter-based stream, Philox4x32-10
+keyed by a 64-bit seed on the counter (key, query, b * Hq + h, offset) (tiles._dropout_keep), and the kept ones
+scaled by 1 / (1 - p). Nothing is stored: both backward passes regenerate the mask of each tile they recompute.
+fastattn.reference.dropout_keep draws the same bits in PyTorch. The TMA forward declines dropout.
 
 Numerics. Scores live in log2 units: s2 = q.k * (scale * log2 e) + bias * log2 e, so each softmax exponential is
 one exp2. Every kernel loads its tiles, multiplies on the tensor cores in the input dtype (p is rounded to it
@@ -79,6 +86,7 @@ from .configs import (_ATTN_KEY, _DECODE_SHAPES, _HOPPER_SHAPES, _INTERP_BLOCK, 
                       _SHAPES_F32, _SMEM_BUDGET, _all_configs, _config_shape, _decode_num_splits, _fits,
                       _hopper_shapes, _prune, _prune_hopper, _shape_list, _shapes_for, _smem_bytes,
                       autotune_enabled, fixed_shape)
+from .dropout import _dropout_mask_kernel, dropout_mask
 from .decode import (_decode_combine_kernel, _decode_split_kernel, _decode_split_tuned, decode_attention,
                      unsupported_decode)
 from .forward import _attn_fwd_kernel, _attn_fwd_tuned, attention_fwd, unsupported_attention
@@ -94,6 +102,7 @@ KERNELS = {
     "_attn_bwd_dkdv_kernel": _attn_bwd_dkdv_kernel,
     "_decode_split_kernel": _decode_split_kernel,
     "_decode_combine_kernel": _decode_combine_kernel,
+    "_dropout_mask_kernel": _dropout_mask_kernel,
 }
 
 __all__ = ["KERNELS", "LOG2E", "MAX_HEAD_DIM", "attention_bwd", "attention_fwd", "autotune_enabled",

@@ -10,8 +10,8 @@ import triton.language as tl
 from torch import Tensor
 
 from . import configs
-from .common import _bias_args, _bucket, _device_guard, _head_meta, _kpm_args
-from .tiles import (LOG2E, _LOG2E, _bh_base, _bias_ptrs, _causal_visible, _col_tile, _key_range,
+from .common import _bias_args, _bucket, _device_guard, _dropout_args, _head_meta, _kpm_args
+from .tiles import (LOG2E, _LOG2E, _bh_base, _bias_ptrs, _causal_visible, _col_tile, _dropout_keep, _key_range,
                     _load_cols, _load_key_block, _load_lse2, _load_rows, _masked_scores, _query_program,
                     _row_tile, _store_tile)
 
@@ -26,6 +26,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, dv_ok
                          stride_qb, stride_qh, stride_qm, stride_dob, stride_doh, stride_dom,
                          stride_bb, stride_bh, stride_bm, stride_bn, stride_dbb, stride_dbh, stride_dbm,
                          lo, n_lo, hi_lo, n_hi, Hq, Sq, Sk, GROUP, qk_scale,
+                         seed, rng_offset, drop_threshold, inv_keep, DROPOUT: tl.constexpr,
                          MASKED: tl.constexpr, DB_SLOT: tl.constexpr, CAUSAL: tl.constexpr,
                          BIAS_KIND: tl.constexpr, DBIAS_KIND: tl.constexpr, HAS_KPM: tl.constexpr,
                          EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr, COMPUTE_F32: tl.constexpr,
@@ -77,8 +78,15 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, dv_ok
             # why: padding keys got probability 0 in the forward and get no gradient
             sT = tl.where(real[:, None], sT, float("-inf"))
         pT = tl.math.exp2(sT - lse2[None, :])                                    # (BLOCK_N, BLOCK_M) fp32
-        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)      # (BLOCK_N, D_PAD)
-        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)             # (BLOCK_N, BLOCK_M)
+        if DROPOUT:
+            # the forward's mask, regenerated: Z = keep / (1 - p) scales P in P.V, hence dV and dP
+            keepT = _dropout_keep(seed, rng_offset, bh, rows[None, :], offs_n[:, None], drop_threshold)
+            dv = tl.dot(tl.where(keepT, pT * inv_keep, 0.0).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            dpT = tl.where(keepT, dpT * inv_keep, 0.0)                           # (BLOCK_N, BLOCK_M)
+        else:
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # (BLOCK_N, D_PAD)
+            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)         # (BLOCK_N, BLOCK_M)
         dsT = pT * (dpT - delta[None, :])                                        # d loss / d (biased score)
         dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PRECISION)      # (BLOCK_N, D_PAD), times scale later
         if DBIAS_KIND == 1:
@@ -109,11 +117,12 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, Kpm, DOut, Lse, Delta, DK, DV, DBias,
                           stride_dbb, stride_dbh, stride_dbm,
                           Hq, Sq, Sk, GROUP, qk_scale, scale,
                           SQ_BUCKET, SK_BUCKET,
+                          seed, rng_offset, drop_threshold, inv_keep,
                           HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
                           EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
                           CAUSAL: tl.constexpr, BIAS_KIND: tl.constexpr, DBIAS_KIND: tl.constexpr,
                           HAS_KPM: tl.constexpr, COMPUTE_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Backward dk, dv. Grid (cdiv(Sk, BLOCK_N), Hkv, B): one program per key block of one (batch, KV head).
 
     The program keeps K, V (BLOCK_N, D_PAD) on chip and, for each of the GROUP query heads sharing this KV head,
@@ -167,6 +176,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, Kpm, DOut, Lse, Delta, DK, DV, DBias,
         stride_qb, stride_qh, stride_qm, stride_dob, stride_doh, stride_dom,
         stride_bb, stride_bh, stride_bm, stride_bn, stride_dbb, stride_dbh, stride_dbm,
         a_end, (b_end - a_end) // BLOCK_M, 0, 0, Hq, Sq, Sk, GROUP, qk_scale,
+        seed, rng_offset, drop_threshold, inv_keep, DROPOUT=DROPOUT,
         MASKED=False, DB_SLOT=0, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, DBIAS_KIND=DBIAS_KIND, HAS_KPM=HAS_KPM,
         EVEN_D=EVEN_D, EVEN_DV=EVEN_DV, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N)
@@ -176,6 +186,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, Kpm, DOut, Lse, Delta, DK, DV, DBias,
         stride_qb, stride_qh, stride_qm, stride_dob, stride_doh, stride_dom,
         stride_bb, stride_bh, stride_bm, stride_bn, stride_dbb, stride_dbh, stride_dbm,
         lo, tl.cdiv(a_end - lo, BLOCK_M), b_end, tl.cdiv(Sq - b_end, BLOCK_M), Hq, Sq, Sk, GROUP, qk_scale,
+        seed, rng_offset, drop_threshold, inv_keep, DROPOUT=DROPOUT,
         MASKED=True, DB_SLOT=1, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, DBIAS_KIND=DBIAS_KIND, HAS_KPM=HAS_KPM,
         EVEN_D=EVEN_D, EVEN_DV=EVEN_DV, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
         BLOCK_N=BLOCK_N)
@@ -194,6 +205,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, Bias, Kpm, DOut, Lse, Delta, DK, DV, DBias,
 def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, bias_base, kpm_base,
                        stride_kn, stride_kd, stride_vn, stride_vd, stride_bm, stride_bn,
                        offs_m, offs_d, row_ok, d_ok, dv_ok, lo, hi, Sq, Sk, qk_scale,
+                       bh, seed, rng_offset, drop_threshold, inv_keep, DROPOUT: tl.constexpr,
                        MASKED: tl.constexpr, CAUSAL: tl.constexpr, BIAS_KIND: tl.constexpr,
                        HAS_KPM: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
                        COMPUTE_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -213,6 +225,9 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, bias_base, kpm_ba
             b_ptrs += BLOCK_N * stride_bn
         p = tl.math.exp2(s - lse2[:, None])                                      # (BLOCK_M, BLOCK_N) fp32
         dp = tl.dot(do, vT, input_precision=DOT_PRECISION)                       # (BLOCK_M, BLOCK_N)
+        if DROPOUT:  # d loss / d P = Z * d loss / d (dropped P), with the forward's mask regenerated
+            keep = _dropout_keep(seed, rng_offset, bh, offs_m[:, None], cols[None, :], drop_threshold)
+            dp = tl.where(keep, dp * inv_keep, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=DOT_PRECISION)   # (BLOCK_M, D_PAD)
         kT_ptrs += BLOCK_N * stride_kn
@@ -232,10 +247,11 @@ def _attn_bwd_dq_kernel(Q, K, V, Bias, Kpm, Out, DOut, Lse, Delta, DQ,
                         stride_dqb, stride_dqh, stride_dqm, stride_dqd,
                         Hq, Sq, Sk, GROUP, qk_scale, scale,
                         SQ_BUCKET, SK_BUCKET,
+                        seed, rng_offset, drop_threshold, inv_keep,
                         HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
                         EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
                         CAUSAL: tl.constexpr, BIAS_KIND: tl.constexpr, HAS_KPM: tl.constexpr,
-                        COMPUTE_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                        COMPUTE_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, DROPOUT: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Backward dq, and Delta for the dk/dv kernel. Grid (cdiv(Sq, BLOCK_M), Hq, B): one program per query
     block of one (batch, query head); launched first.
@@ -274,11 +290,13 @@ def _attn_bwd_dq_kernel(Q, K, V, Bias, Kpm, Out, DOut, Lse, Delta, DQ,
     dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, bias_base, kpm_base,
                             stride_kn, stride_kd, stride_vn, stride_vd, stride_bm, stride_bn,
                             offs_m, offs_d, row_ok, d_ok, dv_ok, 0, n_full, Sq, Sk, qk_scale,
+                            bh, seed, rng_offset, drop_threshold, inv_keep, DROPOUT=DROPOUT,
                             MASKED=False, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, HAS_KPM=HAS_KPM, EVEN_D=EVEN_D,
                             EVEN_DV=EVEN_DV, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
     dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, bias_base, kpm_base,
                             stride_kn, stride_kd, stride_vn, stride_vd, stride_bm, stride_bn,
                             offs_m, offs_d, row_ok, d_ok, dv_ok, n_full, hi, Sq, Sk, qk_scale,
+                            bh, seed, rng_offset, drop_threshold, inv_keep, DROPOUT=DROPOUT,
                             MASKED=True, CAUSAL=CAUSAL, BIAS_KIND=BIAS_KIND, HAS_KPM=HAS_KPM, EVEN_D=EVEN_D,
                             EVEN_DV=EVEN_DV, COMPUTE_F32=COMPUTE_F32, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
     dq_ptrs = _row_tile(_bh_base(DQ, b, h, stride_dqb, stride_dqh), offs_m, offs_d, stride_dqm, stride_dqd)
@@ -307,7 +325,8 @@ def _dbias_buffer(bias: Optional[Tensor], want: bool, full, q: Tensor) -> Tuple[
 
 
 def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, bias: Optional[Tensor],
-                  key_padding_mask: Optional[Tensor], causal: bool, scale: float, bias_requires_grad: bool
+                  key_padding_mask: Optional[Tensor], causal: bool, scale: float, bias_requires_grad: bool,
+                  dropout_p: float = 0.0, seed: int = 0, offset: int = 0
                   ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """(dq, dk, dv, dbias or None): contiguous, in the inputs' dtypes and shapes; dbias in bias's shape and dtype.
 
@@ -316,7 +335,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     (B, Hq, Sq, Sk), or (B, Hq, 2, Sk) summed over the queries in registers when bias is constant along Sq (one
     row per loop of the kernel); torch then sums it over bias's broadcast dims (deterministic). A bias with no
     broadcast dim gets its gradient written directly, in its own dtype. The buffer is O(Sq * Sk) only when bias
-    itself varies along Sq.
+    itself varies along Sq. dropout_p, seed, offset: the forward's dropout, whose mask both kernels regenerate.
     """
     b, hq, sq, d = q.shape
     hkv, sk, dv_dim = k.shape[1], k.shape[2], v.shape[3]
@@ -338,13 +357,15 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     dout = dout.to(q.dtype)  # tl.dot needs both operands in one dtype
     delta = torch.empty((b, hq, sq), dtype=torch.float32, device=q.device)
     qk_scale = scale * LOG2E
-    common = dict(_head_meta(q, d, dv_dim), CAUSAL=bool(causal), BIAS_KIND=bias_kind, HAS_KPM=has_kpm)
+    common = dict(_head_meta(q, d, dv_dim), CAUSAL=bool(causal), BIAS_KIND=bias_kind, HAS_KPM=has_kpm,
+                  DROPOUT=dropout_p > 0)
+    drop = _dropout_args(dropout_p, seed, offset)
     dkdv_args = (q, k, v, bias_t, kpm, dout, lse, delta, dk, dv, db_buf, *q.stride(), *k.stride(), *v.stride(),
                  *bs, kpm_stride, *dout.stride(), *dk.stride(), *dv.stride(), *db_strides,
-                 hq, sq, sk, hq // hkv, qk_scale, scale, _bucket(sq), _bucket(sk))
+                 hq, sq, sk, hq // hkv, qk_scale, scale, _bucket(sq), _bucket(sk), *drop)
     dq_args = (q, k, v, bias_t, kpm, out, dout, lse, delta, dq, *q.stride(), *k.stride(), *v.stride(), *bs,
                kpm_stride, *out.stride(), *dout.stride(), *dq.stride(), hq, sq, sk, hq // hkv, qk_scale, scale,
-               _bucket(sq), _bucket(sk))
+               _bucket(sq), _bucket(sk), *drop)
     with _device_guard(q):
         # dq first: it also writes Delta, which the dk/dv kernel reads
         configs.launch_pass("dq", _attn_bwd_dq_kernel, _attn_bwd_dq_tuned,

@@ -74,3 +74,12 @@ def _kpm_args(key_padding_mask: Optional[Tensor], dummy: Tensor):
         return dummy, 0, False
     kpm = key_padding_mask.contiguous().view(torch.uint8)  # (B, Sk), 1 = real
     return kpm, kpm.stride(0), True
+
+
+def _dropout_args(p: float, seed: int, offset: int) -> Tuple[int, int, int, float]:
+    """(seed, rng_offset, drop_threshold, inv_keep) kernel arguments of attention dropout p (unused when p = 0):
+    an entry is kept iff its uint32 draw >= drop_threshold = round(p * 2^32); kept ones are scaled by inv_keep."""
+    if not p:
+        return 0, 0, 0, 1.0
+    from ...reference import dropout_threshold
+    return int(seed), int(offset), dropout_threshold(p), 1.0 / (1.0 - p)

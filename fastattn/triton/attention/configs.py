@@ -121,7 +121,8 @@ def _hopper_shapes(d: int):
 # Autotuning wrappers
 # ----------------------------------------------------------------------------------------------------------
 
-_ATTN_KEY = ["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM_PAD", "CAUSAL", "BIAS_KIND", "HAS_KPM"]  # (+ dtypes, by Triton)
+# (+ the dtypes, which Triton adds)
+_ATTN_KEY = ["SQ_BUCKET", "SK_BUCKET", "HEAD_DIM_PAD", "CAUSAL", "BIAS_KIND", "HAS_KPM", "DROPOUT"]
 
 
 def _config_shape(c) -> Tuple[int, int, int, int]:

@@ -220,3 +220,22 @@ def _normalise(acc, l_i, m_i):
     out = acc / l_safe[:, None]
     lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(l_safe))
     return out, lse2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention dropout: a counter-based stream (Philox4x32-10), regenerated in the backward, never stored
+# ----------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _dropout_keep(seed, rng_offset, bh, q_rows, k_cols, drop_threshold):
+    """Which probabilities of a tile survive dropout: for the score of query row i and key j of (batch, query
+    head) bh = b * Hq + h, Philox4x32-10 keyed by seed (64 bits) on the counter (j, i, bh, rng_offset) gives
+    a uint32 r, and the entry is kept iff r >= drop_threshold = round(p * 2^32). q_rows and k_cols broadcast
+    against each other ((BLOCK_M, 1) and (1, BLOCK_N), or transposed); the result has the tile's shape.
+    fastattn.reference.dropout_keep computes the same bits in PyTorch."""
+    cols = k_cols + q_rows * 0                                                   # the tile's shape, int32
+    rows = q_rows + k_cols * 0
+    c2 = cols * 0 + bh.to(tl.int32)
+    c3 = cols * 0 + rng_offset
+    r, _, _, _ = tl.philox(seed, cols, rows, c2, c3)                           # uint32
+    return r.to(tl.int64) >= drop_threshold
