@@ -299,15 +299,15 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
             bias = _sdpa_shapes.mask_view(reference.sdpa_mask_to_bias(
                 attn_mask, query.dtype if attn_mask.dtype == torch.bool else attn_mask.dtype), vw)
 
-    def run(idx):
-        return attention(vw.q[idx], vw.k[idx], vw.v[idx], causal=causal, scale=scale, dropout_p=dropout_p,
-                         bias=None if bias is None else bias[idx],
-                         key_padding_mask=None if key_padding_mask is None else key_padding_mask[idx])
-
     if vw.n_prefix == 0:
-        out = run(())
+        out = attention(vw.q, vw.k, vw.v, causal=causal, scale=scale, bias=bias, key_padding_mask=key_padding_mask,
+                        dropout_p=dropout_p)
     else:  # outer dims whose broadcast strides do not fold into one batch dim: one call per leading index
-        out = torch.stack([run(idx) for idx in itertools.product(*map(range, vw.outer[:vw.n_prefix]))])
+        out = torch.stack([
+            attention(vw.q[i], vw.k[i], vw.v[i], causal=causal, scale=scale, dropout_p=dropout_p,
+                      bias=None if bias is None else bias[i],
+                      key_padding_mask=None if key_padding_mask is None else key_padding_mask[i])
+            for i in itertools.product(*map(range, vw.outer[:vw.n_prefix]))])
     return out.reshape(vw.out_shape)
 
 
