@@ -28,7 +28,8 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
     Differences, by design:
     - ``need_weights=True`` (PyTorch's default) runs PyTorch's own implementation, since fused attention never
       forms the weights (a one-time warning says so): pass ``need_weights=False``.
-    - Attention dropout (``dropout > 0`` in training mode) runs on PyTorch's SDPA: the kernels have no dropout.
+    - Attention dropout (``dropout > 0`` in training mode) runs in fastattn's kernels, on fastattn's own random
+      stream (see ``fastattn.attention``): the same distribution as PyTorch's, not the same draws.
     - A query row that may attend to no key returns zeros, where PyTorch returns NaN.
     ``backend`` (keyword only, fastattn's "auto", "triton", "cuda" or "torch") picks the attention backend.
     """
@@ -121,11 +122,9 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
                 am_bias = _as_bias(torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1), q.dtype)
         bias = kp_bias if am_bias is None else (am_bias if kp_bias is None else am_bias + kp_bias)
 
-        if self.training and self.dropout > 0.0:
-            y = _sdpa_with_dropout(q, k, v, causal, bias, kpm, self.dropout)
-        else:
-            y = fastattn.attention(q, k, v, causal=causal, bias=bias, key_padding_mask=kpm,
-                                   backend=self.backend)                  # (N, H, L, D)
+        y = fastattn.attention(q, k, v, causal=causal, bias=bias, key_padding_mask=kpm,
+                               dropout_p=self.dropout if self.training else 0.0,
+                               backend=self.backend)                      # (N, H, L, D)
         y = y.transpose(1, 2).reshape(N, L, E)                            # (N, L, E)
         y = self.out_proj(y)
         if not batched:
@@ -142,19 +141,6 @@ def _as_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
     if not torch.is_floating_point(mask):
         raise TypeError(f"only bool and floating masks are supported, got {mask.dtype}")
     return mask.to(dtype)
-
-
-def _sdpa_with_dropout(q, k, v, causal, bias, kpm, p):
-    """PyTorch's SDPA with attention dropout, on the same (bottom-right causal) mask semantics."""
-    L, S = q.shape[2], k.shape[2]
-    mask = bias
-    if causal:
-        cm = _as_bias(torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1 + S - L), q.dtype)
-        mask = cm if mask is None else mask + cm
-    if kpm is not None:
-        km = _as_bias(~kpm, q.dtype).view(kpm.shape[0], 1, 1, S)         # (N, 1, 1, S)
-        mask = km if mask is None else mask + km
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
 
 _warned = set()

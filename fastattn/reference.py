@@ -69,12 +69,13 @@ def _probs(s: Tensor, lse: Tensor) -> Tensor:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: Optional[float] = None,
-              bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None
-              ) -> Tuple[Tensor, Tensor]:
+              bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
+              seed: int = 0, offset: int = 0) -> Tuple[Tensor, Tensor]:
     """Returns (out in q's dtype, lse float32 (B, Hq, Sq)).
 
     lse is the log-sum-exp of the scaled, biased, masked scores; -inf for a row with no key to attend to,
-    whose output is zeros.
+    whose output is zeros. dropout_p > 0: the probabilities are dropped by dropout_keep(.., seed, offset), the
+    stream the Triton kernels draw, and the kept ones scaled by 1 / (1 - dropout_p); lse is of the scores.
     """
     b, hq, sq, d = q.shape
     sk = k.shape[2]
@@ -84,16 +85,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
     mask = attention_mask(sq, sk, causal, key_padding_mask, q.device)
     s = _scores(qc, kc, scale, bias, mask)
     lse = torch.logsumexp(s, dim=-1)  # -inf where the row is fully masked
-    out = torch.matmul(_probs(s, lse), vc)
+    p = _probs(s, lse)
+    if dropout_p > 0.0:
+        p = p * _dropout_scale(b, hq, sq, sk, dropout_p, seed, offset, q.device, cd)
+    out = torch.matmul(p, vc)
     lse_out = lse if cd == torch.float64 else lse.float()
     return out.to(q.dtype), lse_out
 
 
 def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *,
                        causal: bool, scale: Optional[float], bias: Optional[Tensor],
-                       key_padding_mask: Optional[Tensor], bias_requires_grad: bool
-                       ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """Gradients (dq, dk, dv, dbias) by recomputing P from the saved lse (the FlashAttention scheme).
+                       key_padding_mask: Optional[Tensor], bias_requires_grad: bool, dropout_p: float = 0.0,
+                       seed: int = 0, offset: int = 0) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Gradients (dq, dk, dv, dbias) by recomputing P from the saved lse (the FlashAttention scheme), and the
+    dropout mask from (seed, offset).
 
     dbias is the gradient of the full (B, Hq, Sq, Sk) score bias, summed down to bias's own shape.
     """
@@ -106,19 +111,69 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     mask = attention_mask(sq, sk, causal, key_padding_mask, q.device)
     s = _scores(qc, kc, scale, bias, mask)
     p = _probs(s, lse.to(cd))                                    # (B, Hq, Sq, Sk)
-    dv = torch.matmul(p.transpose(-1, -2), do)                   # (B, Hq, Sk, D)
-    dp = torch.matmul(do, vc.transpose(-1, -2))                  # (B, Hq, Sq, Sk)
+    z = _dropout_scale(b, hq, sq, sk, dropout_p, seed, offset, q.device, cd) if dropout_p > 0.0 else None
+    dv = torch.matmul((p if z is None else p * z).transpose(-1, -2), do)   # (B, Hq, Sk, Dv)
+    dp = torch.matmul(do, vc.transpose(-1, -2))                  # (B, Hq, Sq, Sk), d loss / d (dropped P)
+    if z is not None:
+        dp = dp * z
     delta = (do * o).sum(-1, keepdim=True)                       # (B, Hq, Sq, 1) = rowsum(P * dP)
     ds = p * (dp - delta)                                        # gradient of the biased scores
     dq = torch.matmul(ds, kc) * scale
     dk = torch.matmul(ds.transpose(-1, -2), qc) * scale
     if hkv != hq:  # sum the gradients of the query heads that share one KV head
         dk = dk.view(b, hkv, hq // hkv, sk, d).sum(2)
-        dv = dv.view(b, hkv, hq // hkv, sk, d).sum(2)
+        dv = dv.view(b, hkv, hq // hkv, sk, v.shape[3]).sum(2)
     dbias = None
     if bias is not None and bias_requires_grad:
         dbias = _sum_to_shape(ds, bias.shape).to(bias.dtype)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention dropout: the counter-based stream the kernels draw (Philox4x32-10), in PyTorch
+# ----------------------------------------------------------------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+
+
+def _mulhilo(a: int, x: Tensor) -> Tuple[Tensor, Tensor]:
+    """(high, low) 32-bit halves of the 64-bit product a * x, for a < 2^32 and int64 x in [0, 2^32), in 16-bit
+    limbs so that nothing overflows int64."""
+    ah, al = a >> 16, a & 0xFFFF
+    xh, xl = x >> 16, x & 0xFFFF
+    t = ((ah * xl + al * xh) << 16) + al * xl                   # < 2^50
+    return ah * xh + (t >> 32), t & _M32
+
+
+def dropout_threshold(p: float) -> int:
+    """An entry is kept iff its uint32 draw is >= this: round(p * 2^32), so it is dropped with probability p."""
+    return min(int(round(p * 2.0 ** 32)), 2 ** 32)
+
+
+def dropout_keep(b: int, h: int, sq: int, sk: int, p: float, seed: int, offset: int,
+                 device: torch.device) -> Tensor:
+    """bool (B, H, Sq, Sk): which attention probabilities survive dropout p for (seed, offset). Philox4x32-10
+    (Salmon et al. 2011, the generator of triton.language.philox) keyed by the 64-bit seed, on the counter
+    (key j, query i, b * H + h, offset), first output word r; kept iff r >= dropout_threshold(p). Bit for bit
+    what the Triton kernels draw, so a test can compare a dropped-out result exactly."""
+    n = lambda size, view: torch.arange(size, device=device, dtype=torch.int64).view(view)  # noqa: E731
+    c0 = n(sk, (1, 1, 1, sk)).expand(b, h, sq, sk)
+    c1 = n(sq, (1, 1, sq, 1)).expand(b, h, sq, sk)
+    c2 = n(b * h, (b, h, 1, 1)).expand(b, h, sq, sk)
+    c3 = torch.full((b, h, sq, sk), offset & _M32, dtype=torch.int64, device=device)
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    for _ in range(10):
+        hi_b, lo_b = _mulhilo(0xCD9E8D57, c2)
+        hi_a, lo_a = _mulhilo(0xD2511F53, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + 0x9E3779B9) & _M32, (k1 + 0xBB67AE85) & _M32
+    return c0 >= dropout_threshold(p)
+
+
+def _dropout_scale(b, h, sq, sk, p, seed, offset, device, dtype) -> Tensor:
+    """The factor each probability is multiplied by: 1 / (1 - p) where kept, 0 where dropped."""
+    keep = dropout_keep(b, h, sq, sk, p, seed, offset, device)
+    return keep.to(dtype) * (1.0 / (1.0 - p))
 
 
 def _sum_to_shape(t: Tensor, shape) -> Tensor:

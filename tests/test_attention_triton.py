@@ -1,4 +1,4 @@
-"""Triton attention kernels (fastattn/triton/attention.py): forward, backward and decode against the float64
+"""Triton attention kernels (the package fastattn/triton/attention/): forward, backward and decode against the float64
 reference, through the public API (backend="triton") and the launchers directly.
 
 Without a GPU the kernels run under TRITON_INTERPRET=1 on a tiny grid of odd sizes (seconds each). With a GPU the
@@ -49,13 +49,14 @@ def _one_config_per_kernel(request):
             kern.configs = configs
 
 
-def _inputs(b, hq, hkv, sq, sk, d, dtype, seed=0, bshd=False, requires_grad=False):
-    """q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D); with bshd, (B, S, H, D) tensors transposed: strided views."""
-    def make(h, s, sd):
+def _inputs(b, hq, hkv, sq, sk, d, dtype, seed=0, bshd=False, requires_grad=False, dv=None):
+    """q (B, Hq, Sq, D), k (B, Hkv, Sk, D), v (B, Hkv, Sk, Dv = dv or D); with bshd, (B, S, H, D) tensors
+    transposed: strided views."""
+    def make(h, s, sd, width=d):
         if bshd:
-            return randn(b, s, h, d, dtype=dtype, device=DEV, seed=sd).transpose(1, 2).requires_grad_(requires_grad)
-        return randn(b, h, s, d, dtype=dtype, device=DEV, seed=sd, requires_grad=requires_grad)
-    return make(hq, sq, seed), make(hkv, sk, seed + 1), make(hkv, sk, seed + 2)
+            return randn(b, s, h, width, dtype=dtype, device=DEV, seed=sd).transpose(1, 2).requires_grad_(requires_grad)
+        return randn(b, h, s, width, dtype=dtype, device=DEV, seed=sd, requires_grad=requires_grad)
+    return make(hq, sq, seed), make(hkv, sk, seed + 1), make(hkv, sk, seed + 2, dv or d)
 
 
 def _f64(t):
@@ -116,18 +117,20 @@ def _assert_lse(got, want, tol):
 
 
 def _run_case(b, hq, hkv, sq, sk, d, dtype, *, causal=False, scale=None, bias_shape=None, kpm=None, grads=True,
-              bshd=False, seed=0):
-    """Forward (and backward) through fastattn.attention(backend="triton"), checked against float64."""
-    q, k, v = _inputs(b, hq, hkv, sq, sk, d, dtype, seed=seed, bshd=bshd, requires_grad=grads)
+              bshd=False, seed=0, dv=None):
+    """Forward (and backward) through fastattn.attention(backend="triton"), checked against float64. dv: a
+    value head dim unlike D."""
+    q, k, v = _inputs(b, hq, hkv, sq, sk, d, dtype, seed=seed, bshd=bshd, requires_grad=grads, dv=dv)
+    dv = v.shape[-1]
     bias = None
     if bias_shape is not None:
         bias = randn(*bias_shape, dtype=dtype, device=DEV, seed=seed + 7, requires_grad=grads)
     scale_v = 1.0 / math.sqrt(d) if scale is None else scale
     out, lse = fastattn.attention(q, k, v, causal=causal, scale=scale, bias=bias, key_padding_mask=kpm,
                                   return_lse=True, backend="triton")
-    assert out.shape == (b, hq, sq, d) and out.dtype == dtype
+    assert out.shape == (b, hq, sq, dv) and out.dtype == dtype
     assert lse.shape == (b, hq, sq) and lse.dtype == torch.float32
-    dout = randn(b, hq, sq, d, dtype=dtype, device=DEV, seed=seed + 9) if grads else None
+    dout = randn(b, hq, sq, dv, dtype=dtype, device=DEV, seed=seed + 9) if grads else None
     ref_out, ref_lse, ref_grads = _ref_with_grads(q, k, v, dout, causal=causal, scale=scale_v, bias=bias, kpm=kpm)
     lowp_out, lowp_grads = None, [None] * 4
     if HAS_GPU and dtype in LOWP:
@@ -235,6 +238,38 @@ def test_noncontiguous_bshd_inputs(dtype):
 def test_head_dims_interpreted(d):
     """Every head dim once, tiny (big dims are slow under the interpreter); 256 also through the backward."""
     _run_case(1, 2, 1, 3, 17, d, torch.float16, causal=d == 96, grads=d in (8, 40, 256), seed=d)
+
+
+# (D, Dv): a value head dim unlike the query's (multi-head latent attention); both tiles pad to the larger
+@pytest.mark.parametrize("d,dv", [(16, 8), (8, 40), (40, 24), (24, 80), (64, 32)], ids=lambda x: str(x))
+def test_value_head_dim_unlike_query(d, dv):
+    """Dv != D through the forward and both backward passes: GQA, causal with Sq != Sk, a full bias tile and key
+    padding, odd sizes; out and dv are (.., Dv), dq and dk (.., D)."""
+    kpm = torch.rand(2, 37, generator=torch.Generator().manual_seed(d)) > 0.25
+    kpm[:, 0] = True
+    _run_case(2, 4, 2, 19, 37, d, torch.float32, causal=True, bias_shape=(1, 4, 19, 37), kpm=kpm, seed=d, dv=dv)
+    _run_case(1, 2, 2, 33, 20, d, torch.bfloat16, seed=dv, dv=dv)
+
+
+def test_value_head_dim_unlike_query_decode_and_sdpa(monkeypatch):
+    q, kc, vc, seqlens = _decode_inputs(2, 4, 2, 45, 24, torch.float32, [45, 17], seed=3, dv=40)
+    want = reference.decode_attention(q.double(), kc.double(), vc.double(), seqlens, scale=0.2)
+    for splits in (1, 3):
+        out = tri.decode_attention(q, kc, vc, seqlens, 0.2, num_splits=splits)
+        assert out.shape == (2, 4, 40)
+        assert_rel(out, want, REL_TOL[torch.float32])
+    # the SDPA drop-in keeps Ev != E in the kernels (no PyTorch fallback)
+    monkeypatch.setattr(attn_ops, "_torch_sdpa", None)
+    q, k = randn(2, 3, 5, 8, device=DEV, seed=1), randn(2, 3, 6, 8, device=DEV, seed=2)
+    v = randn(2, 3, 6, 4, device=DEV, seed=3)
+    with fastattn.use_backend("triton"):
+        out = fastattn.scaled_dot_product_attention(q, k, v, is_causal=True)
+    want = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    assert_rel(out, want, REL_TOL[torch.float32])
+    # the TMA forward reads one block width for q, k, v and out: it declines Dv != D
+    q16, k16, v16 = (randn(1, 2, 32, w, dtype=torch.float16, device=DEV, seed=i) for i, w in enumerate((64, 64, 32)))
+    assert not tri.tma_forward_supports(q16, k16, v16, None, None)
+    assert "head dim 300" in tri.unsupported_attention(q16, k16, randn(1, 2, 32, 300, device=DEV), None, None, False)
 
 
 def test_empty():
@@ -498,10 +533,10 @@ def test_gpu_hopper_autotuned(monkeypatch):
 # Decode
 # ----------------------------------------------------------------------------------------------------------
 
-def _decode_inputs(b, hq, hkv, smax, d, dtype, lengths, seed=0):
+def _decode_inputs(b, hq, hkv, smax, d, dtype, lengths, seed=0, dv=None):
     q = randn(b, hq, d, dtype=dtype, device=DEV, seed=seed)
     kc = randn(b, hkv, smax, d, dtype=dtype, device=DEV, seed=seed + 1)
-    vc = randn(b, hkv, smax, d, dtype=dtype, device=DEV, seed=seed + 2)
+    vc = randn(b, hkv, smax, dv or d, dtype=dtype, device=DEV, seed=seed + 2)
     seqlens = torch.tensor(lengths, dtype=torch.int32, device=DEV)
     for i, n in enumerate(lengths):  # positions past the length must never be read
         kc[i, :, n:] = float("nan")

@@ -157,6 +157,24 @@ def test_training_dropout_runs():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+def test_training_dropout_is_fastattns_reproducible_and_off_in_eval():
+    """Dropout in training runs in fastattn.attention (its stream, reproducible under torch.manual_seed); eval
+    mode, or dropout 0, gives PyTorch's result."""
+    m = fastattn.nn.MultiheadAttention(E, H, dropout=0.3, batch_first=True, dtype=torch.float64).train()
+    x = randn(2, 5, E, dtype=torch.float64)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(4)
+        outs.append(m(x, x, x, need_weights=False)[0])
+    assert torch.equal(outs[0], outs[1])
+    ref = torch.nn.MultiheadAttention(E, H, dropout=0.3, batch_first=True, dtype=torch.float64)
+    ref.load_state_dict(m.state_dict())
+    m.eval(), ref.eval()
+    want = ref(x, x, x, need_weights=False)[0]
+    assert not torch.equal(outs[0], want)
+    assert_rel(m(x, x, x, need_weights=False)[0], want, 1e-12)
+
+
 def test_inside_transformer_layer():
     """Swapped into nn.TransformerEncoderLayer (training mode, so torch's fused fast path is off)."""
     torch.manual_seed(0)

@@ -16,8 +16,9 @@ Three pieces:
   so T5's encoder and decoder stacks (which hold deep copies of the config) silently kept their old
   implementation. Requests involving fastattn are propagated to every sub-model here.
 
-Calls with attention dropout (training with ``attention_dropout > 0``) are passed to transformers' "sdpa": the
-kernels have no dropout. The backend is "auto" (choose per call; ``with fastattn.use_backend(...)`` sets it for a
+Attention dropout (training with ``attention_dropout > 0``) runs in fastattn's kernels (``dropout_p`` of
+``fastattn.attention``; fastattn's own random stream, so the same distribution as "sdpa", not the same draws).
+The backend is "auto" (choose per call; ``with fastattn.use_backend(...)`` sets it for a
 block); ``register(name, backend=...)`` registers further names pinned to one backend.
 """
 from __future__ import annotations
@@ -34,7 +35,6 @@ import fastattn
 
 try:
     from transformers import AttentionInterface, AttentionMaskInterface, PreTrainedModel
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, sdpa_mask
 except ImportError as e:  # pragma: no cover - exercised only without the extra installed
     raise ImportError("fastattn.integrations.transformers needs Hugging Face transformers: "
@@ -99,8 +99,8 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
                       attention_mask: Optional[Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
                       is_causal: Optional[bool] = None, position_bias: Optional[Tensor] = None, *,
                       backend: str = "auto", **kwargs):
-    """transformers' attention function contract: query (B, Hq, Sq, D), key/value (B, Hkv, Sk, D) ->
-    (attn_output (B, Sq, Hq, D), None). Mirrors transformers' "sdpa" function."""
+    """transformers' attention function contract: query (B, Hq, Sq, D), key (B, Hkv, Sk, D), value
+    (B, Hkv, Sk, Dv) -> (attn_output (B, Sq, Hq, Dv), None). Mirrors transformers' "sdpa" function."""
     if kwargs.get("output_attentions", False):
         _warn_once("output_attentions", "fastattn does not return attention weights (output_attentions=True): "
                    "they are None, as with 'sdpa'; use attn_implementation='eager' to get them")
@@ -108,11 +108,6 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"fastattn's transformers integration does not support {name!r}")
     sliding_window = kwargs.get("sliding_window")
-    if dropout > 0.0 or value.shape[-1] != query.shape[-1]:
-        _warn_once("fallback", "fastattn: attention dropout during training (or a value head dim unlike the "
-                   "query's) runs on transformers' 'sdpa': fastattn's kernels have no dropout")
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, position_bias=position_bias, **kwargs)
 
     sq, sk = query.shape[2], key.shape[2]
     causal, bias, kpm = False, None, None
@@ -146,14 +141,14 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
         bias = position_bias if bias is None else bias + position_bias
 
     grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
-    if sq == 1 and bias is None and kpm is None and not grad:
+    if sq == 1 and bias is None and kpm is None and not grad and not dropout:
         # A decode step against the whole cache: fastattn.decode_attention's case.
         seqlens = torch.full((query.shape[0],), key.shape[2], dtype=torch.int32, device=query.device)
         out = fastattn.decode_attention(query[:, :, 0], key, value, seqlens, scale=scaling,
                                         backend=backend).unsqueeze(2)   # (B, H, D) -> (B, H, 1, D)
     else:
         out = fastattn.attention(query, key, value, causal=causal, scale=scaling, bias=bias, key_padding_mask=kpm,
-                                 backend=backend)                        # (B, H, Sq, D)
+                                 dropout_p=dropout, backend=backend)     # (B, H, Sq, Dv)
     return out.transpose(1, 2).contiguous(), None                        # (B, Sq, H, D)
 
 

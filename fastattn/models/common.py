@@ -27,12 +27,14 @@ def check_attn_backend(name: str) -> str:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, *, backend: str, causal: bool = False, scale: Optional[float] = None,
-           bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+           bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None,
+           dropout_p: float = 0.0) -> Tensor:
     """The switch. q (B, Hq, Sq, D), k/v (B, Hkv, Sk, D) -> (B, Hq, Sq, D); causal aligned bottom-right,
-    bias added to the scaled scores, key_padding_mask bool (B, Sk) with True = real token."""
+    bias added to the scaled scores, key_padding_mask bool (B, Sk) with True = real token; dropout_p: attention
+    dropout (fastattn's stream on its backends, PyTorch's on "sdpa")."""
     if backend != "sdpa":
         return fastattn.attention(q, k, v, causal=causal, scale=scale, bias=bias,
-                                  key_padding_mask=key_padding_mask, backend=backend)
+                                  key_padding_mask=key_padding_mask, dropout_p=dropout_p, backend=backend)
     sq, sk = q.shape[2], k.shape[2]
     mask = None                                                      # bool, True = attend
     if causal:
@@ -43,7 +45,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, backend: str, causal: bool = Fals
         mask = kpm if mask is None else mask & kpm
     if bias is not None:
         mask = bias if mask is None else torch.where(mask, bias, float("-inf")).to(bias.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, dropout_p=dropout_p,
+                                          enable_gqa=q.shape[1] != k.shape[1])
 
 
 def attend_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor, *, backend: str,
@@ -72,9 +75,10 @@ class Attention(UsesAttend):
     """
 
     def __init__(self, d_model: int, n_heads: int, head_dim: int, *, bias: bool, scale: Optional[float] = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", dropout: float = 0.0):
         super().__init__()
         self.n_heads, self.head_dim = n_heads, head_dim
+        self.dropout = dropout   # attention dropout on the probabilities, in training mode
         self.scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
         self.backend = check_attn_backend(backend)
         inner = n_heads * head_dim
@@ -99,7 +103,8 @@ class Attention(UsesAttend):
         q = self.q(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)      # (B, H, S, D)
         k, v = kv if kv is not None else self.kv(x if context is None else context)
         y = attend(q, k, v, backend=self.backend, causal=causal, scale=self.scale, bias=bias,
-                   key_padding_mask=key_padding_mask)                              # (B, H, S, D)
+                   key_padding_mask=key_padding_mask,
+                   dropout_p=self.dropout if self.training else 0.0)              # (B, H, S, D)
         y = y.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim)          # (B, S, H*D)
         return self.o(y)
 

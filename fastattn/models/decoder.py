@@ -33,7 +33,7 @@ class DecoderConfig:
     activation: str = "gelu_tanh"     # GPT-2's gelu_new
     bias: bool = True
     layer_norm_eps: float = 1e-5
-    dropout: float = 0.0              # residual and embedding dropout (the kernels have no attention dropout)
+    dropout: float = 0.0              # residual and embedding dropout (attention dropout: not wired in here yet)
     tie_embeddings: bool = True
 
     def __post_init__(self):

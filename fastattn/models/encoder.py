@@ -24,7 +24,8 @@ class EncoderConfig:
     d_ff: int = 3072
     activation: str = "gelu"          # exact (erf) GELU, as BERT
     layer_norm_eps: float = 1e-12
-    dropout: float = 0.0              # hidden and embedding dropout (the kernels have no attention dropout)
+    dropout: float = 0.0              # hidden and embedding dropout
+    attn_dropout: float = 0.0         # attention dropout on the probabilities (BERT's attention_probs_dropout_prob)
     pooler: bool = True               # BERT's tanh(W h[CLS] + b)
 
     def __post_init__(self):
@@ -43,7 +44,8 @@ class Layer(nn.Module):
     def __init__(self, config: EncoderConfig, backend: str):
         super().__init__()
         c = config
-        self.attn = Attention(c.d_model, c.n_heads, c.d_model // c.n_heads, bias=True, backend=backend)
+        self.attn = Attention(c.d_model, c.n_heads, c.d_model // c.n_heads, bias=True, backend=backend,
+                              dropout=c.attn_dropout)
         self.ln_attn = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
         self.fc = nn.Linear(c.d_model, c.d_ff)
         self.act = activation(c.activation)

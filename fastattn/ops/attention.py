@@ -4,6 +4,7 @@ fastattn.reference.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional, Tuple
 
@@ -11,12 +12,19 @@ import torch
 from torch import Tensor
 
 from .. import _backend, reference
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _sdpa_shapes
 
 ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # PyTorch's own SDPA, captured before anyone assigns fastattn's to F.scaled_dot_product_attention; used for
-# the calls fastattn does not handle (dropout during training, value head dim unlike the query's).
+# the calls fastattn does not handle, all of them listed here:
+_PYTORCH_FALLBACKS = (
+    "dropout_p >= 1: every probability dropped (PyTorch's definition of that edge)",
+    "enable_gqa with key and value of different head counts, neither of them 1: the kernels read one KV head "
+    "count, and a view cannot repeat heads without copying K or V",
+)
+# A value head dim unlike the query's (Dv != D) is not among them: the Triton kernels and the reference take it
+# (fastattn.attention, decode_attention); a backend that cannot says so in its unsupported_attention.
 _torch_sdpa = torch.nn.functional.scaled_dot_product_attention
 
 
@@ -30,16 +38,21 @@ def _kernel_module(backend: str):
 
 @torch.library.custom_op("fastattn::attention_fwd", mutates_args=())
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_padding_mask: Optional[Tensor],
-                  causal: bool, scale: float, backend: str) -> Tuple[Tensor, Tensor]:
-    """(out (B, Hq, Sq, D) in q's dtype, lse (B, Hq, Sq) float32). bias is 4-D, broadcastable."""
+                  causal: bool, scale: float, backend: str, dropout_p: float = 0.0, seed: int = 0,
+                  offset: int = 0) -> Tuple[Tensor, Tensor]:
+    """(out (B, Hq, Sq, Dv) in q's dtype, lse (B, Hq, Sq) float32). bias is 4-D, broadcastable. dropout_p > 0:
+    attention dropout drawn from the counter-based stream of (seed, offset) (fastattn.reference.dropout_keep)."""
     if backend == "torch":
         return reference.attention(q, k, v, causal=causal, scale=scale, bias=bias,
-                                   key_padding_mask=key_padding_mask)
+                                   key_padding_mask=key_padding_mask, dropout_p=dropout_p, seed=seed, offset=offset)
+    if dropout_p:
+        return _kernel_module(backend).attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, dropout_p,
+                                                     seed, offset)
     return _kernel_module(backend).attention_fwd(q, k, v, bias, key_padding_mask, causal, scale)
 
 
 @attention_fwd.register_fake
-def _(q, k, v, bias, key_padding_mask, causal, scale, backend):
+def _(q, k, v, bias, key_padding_mask, causal, scale, backend, dropout_p=0.0, seed=0, offset=0):
     b, hq, sq, _ = q.shape
     return q.new_empty((b, hq, sq, v.shape[-1])), q.new_empty((b, hq, sq), dtype=torch.float32)
 
@@ -47,12 +60,18 @@ def _(q, k, v, bias, key_padding_mask, causal, scale, backend):
 @torch.library.custom_op("fastattn::attention_bwd", mutates_args=())
 def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, bias: Optional[Tensor],
                   key_padding_mask: Optional[Tensor], causal: bool, scale: float, bias_requires_grad: bool,
-                  backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv, dbias); dbias has bias's shape when bias_requires_grad, else it is empty."""
+                  backend: str, dropout_p: float = 0.0, seed: int = 0, offset: int = 0
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dbias); dbias has bias's shape when bias_requires_grad, else it is empty. The dropout mask
+    of the forward is regenerated from (seed, offset)."""
     if backend == "torch":
         dq, dk, dv, dbias = reference.attention_backward(
             dout, q, k, v, out, lse, causal=causal, scale=scale, bias=bias, key_padding_mask=key_padding_mask,
-            bias_requires_grad=bias_requires_grad)
+            bias_requires_grad=bias_requires_grad, dropout_p=dropout_p, seed=seed, offset=offset)
+    elif dropout_p:
+        dq, dk, dv, dbias = _kernel_module(backend).attention_bwd(
+            dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad, dropout_p, seed,
+            offset)
     else:
         dq, dk, dv, dbias = _kernel_module(backend).attention_bwd(
             dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad)
@@ -62,25 +81,27 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
 
 
 @attention_bwd.register_fake
-def _(dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad, backend):
+def _(dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad, backend, dropout_p=0.0,
+      seed=0, offset=0):
     dbias = bias.new_empty(bias.shape) if (bias is not None and bias_requires_grad) else q.new_empty((0,))
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
 
 
 def _fwd_setup_context(ctx, inputs, output):
-    q, k, v, bias, key_padding_mask, causal, scale, backend = inputs
+    q, k, v, bias, key_padding_mask, causal, scale, backend = inputs[:8]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, bias, key_padding_mask)
     ctx.causal, ctx.scale, ctx.backend = causal, scale, backend
+    ctx.dropout = tuple(inputs[8:])   # (dropout_p, seed, offset) when given: the mask is regenerated, not saved
 
 
 def _fwd_backward(ctx, dout, dlse):
     q, k, v, out, lse, bias, key_padding_mask = ctx.saved_tensors
     bias_grad = bias is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dbias = attention_bwd(dout, q, k, v, out, lse, bias, key_padding_mask, ctx.causal,
-                                      ctx.scale, bias_grad, ctx.backend)
+                                      ctx.scale, bias_grad, ctx.backend, *ctx.dropout)
     # The lse output is for inspection: gradients through it are not propagated (as in FlashAttention).
-    return dq, dk, dv, (dbias if bias_grad else None), None, None, None, None
+    return (dq, dk, dv, (dbias if bias_grad else None)) + (None,) * (4 + len(ctx.dropout))
 
 
 attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
@@ -110,9 +131,9 @@ def _check_qkv(q, k, v):
     _checks.same_dtype(("q", q), ("k", k), ("v", v))
     _checks.same_device(("q", q), ("k", k), ("v", v))
     b, hq, sq, d = q.shape
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape (B, Hkv, Sk, D), got {tuple(k.shape)} and "
-                         f"{tuple(v.shape)}")
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"k and v must have the same shape but for the head dim, (B, Hkv, Sk, D) and (B, Hkv, "
+                         f"Sk, Dv), got {tuple(k.shape)} and {tuple(v.shape)}")
     if k.shape[0] != b or k.shape[3] != d:
         raise ValueError(f"k must have shape (B={b}, Hkv, Sk, D={d}) to match q {tuple(q.shape)}, got "
                          f"{tuple(k.shape)}")
@@ -120,21 +141,26 @@ def _check_qkv(q, k, v):
     if hkv == 0 or hq % hkv != 0:
         raise ValueError(f"the number of query heads Hq={hq} must be a multiple of the key/value heads "
                          f"Hkv={hkv} (GQA/MQA)")
-    if d == 0:
-        raise ValueError("q, k and v must have a head dim D > 0")
+    if d == 0 or v.shape[3] == 0:
+        raise ValueError(f"q, k and v must have head dims D, Dv > 0, got D={d}, Dv={v.shape[3]}")
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: Optional[float] = None,
               bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None, return_lse: bool = False,
-              backend: str = "auto"):
+              dropout_p: float = 0.0, backend: str = "auto"):
     """Fused multi-head attention softmax(q k^T * scale + bias) v over (B, H, S, D) tensors.
 
-    q: (B, Hq, Sq, D); k, v: (B, Hkv, Sk, D) with Hq % Hkv == 0 (GQA/MQA); Sq may differ from Sk.
+    q: (B, Hq, Sq, D); k: (B, Hkv, Sk, D), v: (B, Hkv, Sk, Dv) with Hq % Hkv == 0 (GQA/MQA); Sq may differ
+    from Sk, and Dv from D (multi-head latent attention); the output is (B, Hq, Sq, Dv).
     causal: query i attends to keys j <= i + (Sk - Sq) (aligned bottom-right, as in FlashAttention).
     bias: float tensor broadcastable to (B, Hq, Sq, Sk), added to the scaled scores; differentiable.
     key_padding_mask: bool (B, Sk), True = real token. scale: default 1/sqrt(D).
     A row with no key to attend to returns zeros. return_lse: also return the float32 (B, Hq, Sq) log-sum-exp
     of the scaled scores (-inf for such rows). Differentiable in q, k, v and bias.
+    dropout_p in [0, 1): attention dropout on the probabilities (whenever > 0: the caller decides, as with
+    SDPA), kept ones scaled by 1 / (1 - dropout_p). The mask comes from a counter-based stream keyed by a seed
+    and offset drawn from torch's default CPU generator (reproducible under torch.manual_seed, no device sync);
+    the backward regenerates it. The torch backend draws the same stream, bit for bit.
     """
     _check_qkv(q, k, v)
     b, hq, sq, d = q.shape
@@ -154,10 +180,24 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
             raise ValueError(f"key_padding_mask must have shape (B, Sk) = ({b}, {sk}), got "
                              f"{tuple(key_padding_mask.shape)}")
         _checks.same_device(("q", q), ("key_padding_mask", key_padding_mask))
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
     chosen = _dispatch.select(backend, "attention", "attention", "attention_fwd", q.device, q.dtype,
                               "unsupported_attention", (q, k, v, bias, key_padding_mask, causal))
-    out, lse = attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, chosen.name)
+    if dropout_p > 0.0:
+        seed, offset = dropout_seed()
+        out, lse = attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, chosen.name, float(dropout_p),
+                                 seed, offset)
+    else:
+        out, lse = attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, chosen.name)
     return (out, lse) if return_lse else out
+
+
+def dropout_seed() -> Tuple[int, int]:
+    """(seed, offset) of one dropout call, from torch's default CPU generator: a 62-bit seed for Philox and a
+    31-bit counter offset. CPU, so drawing them never synchronises a GPU."""
+    seed, offset = torch.randint(0, 2 ** 62, (2,), dtype=torch.int64).tolist()
+    return seed, offset % (2 ** 31)
 
 
 # Launch plans of decode_attention: call metadata -> (kernel function, scale). Only eager kernel calls are kept
@@ -170,10 +210,10 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
                      scale: Optional[float] = None, backend: str = "auto") -> Tensor:
     """Attention of one new query token per sequence against a KV cache.
 
-    q: (B, Hq, D); k_cache, v_cache: (B, Hkv, Smax, D); cache_seqlens: int32 (B,), how many cache positions of
-    each sequence are valid (positions past it are never read). Returns (B, Hq, D). A sequence of length 0
-    returns zeros. Lengths outside [0, Smax] are clamped to that range on every device and backend, since
-    checking them would synchronise the device on every decode step; FASTATTN_STRICT_CHECKS=1 checks them
+    q: (B, Hq, D); k_cache: (B, Hkv, Smax, D), v_cache: (B, Hkv, Smax, Dv); cache_seqlens: int32 (B,), how many
+    cache positions of each sequence are valid (positions past it are never read). Returns (B, Hq, Dv). A
+    sequence of length 0 returns zeros. Lengths outside [0, Smax] are clamped to that range on every device and
+    backend, since checking them would synchronise the device on every decode step; FASTATTN_STRICT_CHECKS=1 checks them
     (synchronising) and raises instead.
     """
     plan_key = None
@@ -196,9 +236,9 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
     _checks.same_dtype(("q", q), ("k_cache", k_cache), ("v_cache", v_cache))
     _checks.same_device(("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("cache_seqlens", cache_seqlens))
     b, hq, d = q.shape
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(f"k_cache and v_cache must have the same shape, got {tuple(k_cache.shape)} and "
-                         f"{tuple(v_cache.shape)}")
+    if k_cache.shape[:3] != v_cache.shape[:3] or v_cache.shape[3] == 0:
+        raise ValueError(f"k_cache and v_cache must have the same (B, Hkv, Smax) and head dims > 0, got "
+                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
     if k_cache.shape[0] != b or k_cache.shape[3] != d:
         raise ValueError(f"k_cache must have shape (B={b}, Hkv, Smax, D={d}) to match q {tuple(q.shape)}, got "
                          f"{tuple(k_cache.shape)}")
@@ -232,32 +272,32 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                                  enable_gqa: bool = False) -> Tensor:
     """Drop-in for torch.nn.functional.scaled_dot_product_attention (same signature and semantics).
 
-    Inputs are (N, ..., L, E) / (N, ..., S, E); attn_mask is bool (True = attend) or float (added to the
-    scores) and broadcasts to (N, ..., L, S); is_causal is aligned top-left, as in PyTorch. A query row with
-    nothing to attend to returns zeros. Calls with dropout_p > 0, or a value head dim unlike the query's, are
-    passed to PyTorch's own implementation: fastattn's kernels have no dropout.
+    Inputs are (..., L, E) / (..., S, E), at least 2-D, with every broadcast PyTorch accepts: leading dims
+    broadcast against each other (size-1 and missing dims, no batch dims at all), dim -3 is the head dim (with
+    enable_gqa, key/value may have fewer heads dividing the query's; without it a single key/value head
+    broadcasts). All of it through views of q, k, v, never copies (fastattn/ops/_sdpa_shapes.py). attn_mask is
+    bool (True = attend) or float (added to the scores) and broadcasts to the scores (..., L, S); is_causal is
+    aligned top-left, as in PyTorch. A value head dim unlike the query's (Ev != E) runs in fastattn's kernels.
+    A query row with nothing to attend to returns zeros. dropout_p runs in fastattn's kernels (see
+    fastattn.attention; a different random stream than PyTorch's, so results agree in distribution, not bit
+    for bit). The calls fastattn hands to PyTorch's own SDPA are listed in _PYTORCH_FALLBACKS.
     """
     for n, t in (("query", query), ("key", key), ("value", value)):
         _checks.tensor(n, t)
-        if t.dim() < 3:
-            raise ValueError(f"{n} must have at least 3 dimensions (N, ..., L, E), got shape {tuple(t.shape)}")
-    if dropout_p or value.shape[-1] != query.shape[-1]:
+    if dropout_p >= 1.0:  # _PYTORCH_FALLBACKS
         return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                            scale=scale, enable_gqa=enable_gqa)
     if is_causal and attn_mask is not None:
         raise ValueError("attn_mask must be None when is_causal=True (as in PyTorch)")
-    lead = query.shape[:-2]
-    if query.dim() == 3:  # (N, L, E): one head
-        q4, k4, v4 = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-    else:  # (N, ..., H, L, E): fold the extra leading dims into the batch
-        q4 = query.reshape(-1, *query.shape[-3:])
-        k4 = key.reshape(-1, *key.shape[-3:])
-        v4 = value.reshape(-1, *value.shape[-3:])
-    hq, hkv = q4.shape[1], k4.shape[1]
-    if hq != hkv and not enable_gqa:
-        raise ValueError(f"query has {hq} heads but key/value have {hkv}: pass enable_gqa=True for GQA/MQA")
-    b, _, sq, _ = q4.shape
-    sk = k4.shape[2]
+    if _plain_4d(query, key, value, enable_gqa):  # the common call: no reshaping at all
+        vw = _sdpa_shapes.SdpaViews(query, key, value, (query.shape[0],), 0, query.shape[1],
+                                    tuple(query.shape[:-1]) + (value.shape[-1],))
+    else:
+        vw = _sdpa_shapes.views(query, key, value, enable_gqa)
+        if vw is None:  # _PYTORCH_FALLBACKS
+            return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                               scale=scale, enable_gqa=enable_gqa)
+    sq, sk = query.shape[-2], key.shape[-2]
     bias = None
     key_padding_mask = None
     causal = False
@@ -270,21 +310,35 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
             attn_mask = j <= i
     if attn_mask is not None:
         _checks.tensor("attn_mask", attn_mask)
-        _checks.broadcastable("attn_mask", attn_mask, tuple(lead) + (sq, sk), "(N, ..., L, S) =")
-        full = attn_mask.expand(tuple(lead) + (sq, sk))
-        full = full.unsqueeze(1) if query.dim() == 3 else full.reshape(b, hq, sq, sk)
-        if attn_mask.dtype == torch.bool and _is_key_padding(attn_mask, query.dim()):
-            key_padding_mask = full[:, 0, 0, :]   # (B, Sk): one mask row per batch, shared by heads and queries
+        if not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
+            raise TypeError(f"attn_mask must be bool or a float tensor, got {attn_mask.dtype}")
+        scores = _sdpa_shapes.score_batch_shape(query, key, enable_gqa) + (sq, sk)
+        _checks.broadcastable("attn_mask", attn_mask, scores, "the scores (..., L, S) =")
+        m = _sdpa_shapes.mask_view(attn_mask, vw) if attn_mask.dtype == torch.bool else None
+        if m is not None and m.shape[-3] == 1 and m.shape[-2] == 1:
+            # varies only along the batch and the keys: a key padding mask (B, Sk), one row per batch
+            key_padding_mask = m[..., 0, 0, :].expand(*m.shape[:-4], vw.q.shape[-4], sk)
         else:
-            bias = reference.sdpa_mask_to_bias(attn_mask, query.dtype if attn_mask.dtype == torch.bool
-                                               else attn_mask.dtype)
-            bias = bias.expand(tuple(lead) + (sq, sk))
-            bias = bias.unsqueeze(1) if query.dim() == 3 else bias.reshape(b, hq, sq, sk)
-    out = attention(q4, k4, v4, causal=causal, scale=scale, bias=bias, key_padding_mask=key_padding_mask)
-    return out.reshape(query.shape[:-1] + (value.shape[-1],))
+            bias = _sdpa_shapes.mask_view(reference.sdpa_mask_to_bias(
+                attn_mask, query.dtype if attn_mask.dtype == torch.bool else attn_mask.dtype), vw)
+
+    if vw.n_prefix == 0:
+        out = attention(vw.q, vw.k, vw.v, causal=causal, scale=scale, bias=bias, key_padding_mask=key_padding_mask,
+                        dropout_p=dropout_p)
+    else:  # outer dims whose broadcast strides do not fold into one batch dim: one call per leading index
+        out = torch.stack([
+            attention(vw.q[i], vw.k[i], vw.v[i], causal=causal, scale=scale, dropout_p=dropout_p,
+                      bias=None if bias is None else bias[i],
+                      key_padding_mask=None if key_padding_mask is None else key_padding_mask[i])
+            for i in itertools.product(*map(range, vw.outer[:vw.n_prefix]))])
+    return out.reshape(vw.out_shape)
 
 
-def _is_key_padding(mask: Tensor, qdim: int) -> bool:
-    """True for a bool mask that varies only along the batch and key axes, e.g. (N, 1, 1, S) or (1, S)."""
-    shape = (1,) * (qdim - mask.dim()) + tuple(mask.shape)
-    return all(n == 1 for n in shape[1:-1])
+def _plain_4d(query: Tensor, key: Tensor, value: Tensor, enable_gqa: bool) -> bool:
+    """(B, H, L, E) query with (B, Hkv, S, E) key and value, Hkv = H (or dividing it under enable_gqa)."""
+    if not (query.dim() == key.dim() == value.dim() == 4):
+        return False
+    b, hq = query.shape[:2]
+    hk = key.shape[1]
+    return (key.shape[0] == b and key.shape[:3] == value.shape[:3] and key.shape[3] == query.shape[3]
+            and (hk == hq or (enable_gqa and hk > 0 and hq % hk == 0)))
