@@ -278,7 +278,7 @@ def test_decode_launch_plan_gives_the_same_answers_as_the_checked_path():
         want = reference.decode_attention(q.double(), kc.double(), vc.double(), lens)
         assert rel_err(out, want) < 1e-5
         assert len(attn_ops._DECODE_PLANS) == 1
-    with pytest.raises(ValueError, match="k_cache and v_cache must have the same shape"):
+    with pytest.raises(ValueError, match="k_cache and v_cache must have the same"):
         fastattn.decode_attention(q, kc, vc[:, :, :5], lens, backend="triton")
     if _dispatch.backend_for("attention", "cuda").reasons(q.device, "decode_attention", q.dtype):
         with pytest.raises(BackendUnavailable):  # a plan for "triton" never serves another backend's call

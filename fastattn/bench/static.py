@@ -479,7 +479,7 @@ def capture_launches(sms: int = H200.sms):
     from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction
 
-    import fastattn.triton.attention as A
+    import fastattn.triton.attention.configs as A
     import fastattn.triton.softmax as SM
 
     launches: List[Launch] = []
