@@ -33,8 +33,11 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_p
                   causal: bool, scale: float, backend: str) -> Tuple[Tensor, Tensor]:
     """(out (B, Hq, Sq, D) in q's dtype, lse (B, Hq, Sq) float32). bias is 4-D, broadcastable."""
     if backend == "torch":
-        return reference.attention(q, k, v, causal=causal, scale=scale, bias=bias,
-                                   key_padding_mask=key_padding_mask)
+        out, lse = reference.attention(q, k, v, causal=causal, scale=scale, bias=bias,
+                                       key_padding_mask=key_padding_mask)
+        # The reference keeps float64 row statistics for float64 inputs; the op's lse is float32 for every
+        # dtype (the contract, and the fake). Its float64 backward recomputes them from the scores instead.
+        return out, lse.float()
     return _kernel_module(backend).attention_fwd(q, k, v, bias, key_padding_mask, causal, scale)
 
 
