@@ -142,7 +142,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
     _check_qkv(q, k, v)
     b, hq, sq, d = q.shape
     sk = k.shape[2]
-    scale = _checks.positive_scale(scale)
+    scale = _checks.finite_scale(scale)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
@@ -197,7 +197,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
         if lo < 0 or hi > smax:
             raise ValueError(f"cache_seqlens must lie in [0, Smax={smax}], got values in [{lo}, {hi}]")
-    scale = _checks.positive_scale(scale)
+    scale = _checks.finite_scale(scale)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     chosen = _dispatch.select(backend, "attention", "decode_attention", "decode_attention", q.device, q.dtype,
                               "unsupported_decode", (q, k_cache, v_cache, cache_seqlens))
@@ -221,11 +221,12 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         _checks.tensor(n, t)
         if t.dim() < 3:
             raise ValueError(f"{n} must have at least 3 dimensions (N, ..., L, E), got shape {tuple(t.shape)}")
+    if is_causal and attn_mask is not None:  # RuntimeError, as PyTorch raises it
+        raise RuntimeError("scaled_dot_product_attention: an explicit attn_mask must not be set when "
+                           "is_causal=True (pass one or the other)")
     if dropout_p or value.shape[-1] != query.shape[-1]:
         return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                            scale=scale, enable_gqa=enable_gqa)
-    if is_causal and attn_mask is not None:
-        raise ValueError("attn_mask must be None when is_causal=True (as in PyTorch)")
     lead = query.shape[:-2]
     if query.dim() == 3:  # (N, L, E): one head
         q4, k4, v4 = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
