@@ -47,7 +47,8 @@ class Sample:
 
 # In "cover" mode the i-th values of the axes meet: each axis lists its values so that a layout never meets
 # a size that makes it contiguous after all (a transposed (1, V) tensor, say).
-def grid(axes: Dict[str, Sequence], mode: str, edge: Sequence[str] = ()) -> Iterator[Dict[str, object]]:
+def grid(axes: Dict[str, Sequence], mode: str, edge: Sequence[str] = (), product: Sequence[str] = None
+         ) -> Iterator[Dict[str, object]]:
     """Cases over named axes (the first value of each is its base):
 
     - "cover" (the default run): case i gives every axis its i-th value (its base once it has run out), so
@@ -55,13 +56,17 @@ def grid(axes: Dict[str, Sequence], mode: str, edge: Sequence[str] = ()) -> Iter
       values; the ``edge`` axes (empty batch, say, where nothing else would be exercised) take their other
       values alone, in cases of their own.
     - "each": the base, then each other value of each axis alone.
-    - "full": the cross product.
+    - "full": the cross product of the ``product`` axes (all when None), the others cycling through their
+      "each" cases alongside.
     """
     names = list(axes)
     base = {n: axes[n][0] for n in names}
     if mode == "full":
-        for combo in itertools.product(*(axes[n] for n in names)):
-            yield dict(zip(names, combo))
+        crossed = [n for n in names if product is None or n in product]
+        rest = {n: axes[n] for n in names if n not in crossed}
+        others = list(grid(rest, "each")) if rest else [{}]
+        for i, combo in enumerate(itertools.product(*(axes[n] for n in crossed))):
+            yield {**base, **others[i % len(others)], **dict(zip(crossed, combo))}
         return
     if mode == "each":
         yield dict(base)
@@ -89,31 +94,33 @@ def _case_id(case: Dict[str, object]) -> str:
     return ",".join(parts)
 
 
-def _rand(shape, dtype, seed, scale=1.0):
+def _rand(shape, dtype, seed, scale=1.0, device="cpu"):
+    """Seeded normal data, drawn on the CPU, then moved (views are taken after the move, on the device)."""
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g) * scale).to(dtype)
+    return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
 
 
-def _laid_out(shape, dtype, seed, layout: str, expand_dim: int = 1, scale: float = 1.0):
+def _laid_out(shape, dtype, seed, layout: str, expand_dim: int = 1, scale: float = 1.0, device="cpu"):
     """A random tensor of ``shape`` in memory layout ``layout``:
     contiguous; transposed (dims 1 and 2 swapped in memory, e.g. (B, S, H, D) viewed as (B, H, S, D));
     expanded (stride 0 along ``expand_dim``); sliced (every other element of the last dim of a wider one)."""
     shape = tuple(shape)
-    if layout == "contiguous":
-        return _rand(shape, dtype, seed, scale)
+    if layout == "contiguous" or 0 in shape:  # an empty tensor has no layout to speak of (and opcheck's input
+        # cloning cannot take an empty strided view)
+        return _rand(shape, dtype, seed, scale, device)
     if layout == "transposed":
         if len(shape) < 3:
-            return _rand(shape[::-1], dtype, seed, scale).t()
+            return _rand(shape[::-1], dtype, seed, scale, device).t()
         swapped = list(shape)
         swapped[1], swapped[2] = swapped[2], swapped[1]
-        return _rand(swapped, dtype, seed, scale).transpose(1, 2)
+        return _rand(swapped, dtype, seed, scale, device).transpose(1, 2)
     if layout == "expanded":
         one = list(shape)
         one[expand_dim] = 1
-        return _rand(one, dtype, seed, scale).expand(shape)
+        return _rand(one, dtype, seed, scale, device).expand(shape)
     if layout == "sliced":
         wide = shape[:-1] + (2 * shape[-1],)
-        return _rand(wide, dtype, seed, scale)[..., ::2]
+        return _rand(wide, dtype, seed, scale, device)[..., ::2]
     raise AssertionError(layout)
 
 
@@ -158,44 +165,37 @@ def attention_axes(mode: str) -> Dict[str, Sequence]:
     }
 
 
-# The axes whose cross product the slow run covers (the others vary one at a time around each product case).
+# The axes whose cross product the slow run covers (the others cycle through their one-at-a-time cases).
+FULL_AXES = ("dtype", "layout")
 ATTN_FULL_AXES = ("dtype", "layout", "bias", "causal")
 
 
 def _attention_cases(mode: str):
-    axes = attention_axes(mode)
-    if mode != "full":
-        yield from grid(axes, mode, edge=("batch",))
-        return
-    prod_axes = {n: axes[n] for n in ATTN_FULL_AXES}
-    rest = {n: axes[n] for n in axes if n not in ATTN_FULL_AXES}
-    others = list(grid(rest, "each"))
-    for i, case in enumerate(grid(prod_axes, "full")):
-        yield {**case, **others[i % len(others)]}
+    yield from grid(attention_axes(mode), mode, edge=("batch",), product=ATTN_FULL_AXES)
 
 
-def _attention_inputs(case, seed=0):
+def _attention_inputs(case, seed=0, device="cpu"):
     dtype, layout = case["dtype"], case["layout"]
     hq, hkv = case["heads"]
     sq, sk = case["seq"]
     b, d = case["batch"], case["d"]
-    q = _laid_out((b, hq, sq, d), dtype, seed + 1, layout if layout != "expanded" else "contiguous")
-    k = _laid_out((b, hkv, sk, d), dtype, seed + 2, layout)
-    v = _laid_out((b, hkv, sk, d), dtype, seed + 3, layout)
+    q = _laid_out((b, hq, sq, d), dtype, seed + 1, layout if layout != "expanded" else "contiguous", device=device)
+    k = _laid_out((b, hkv, sk, d), dtype, seed + 2, layout, device=device)
+    v = _laid_out((b, hkv, sk, d), dtype, seed + 3, layout, device=device)
     bias = None
     bshape = case["bias"]
     full_shape = (b, hq, sq, sk)
     if bshape == "expanded":  # a (1, Hq, 1, Sk) bias expanded: stride 0 along batch and queries
-        bias = _rand((1, hq, 1, sk), dtype, seed + 4).expand(full_shape)
+        bias = _rand((1, hq, 1, sk), dtype, seed + 4, device=device).expand(full_shape)
     elif bshape != "none":
         # The default shapes are written for the base sizes: adapt each dim kept at full size to this case.
         base = (_ATTN_BASE["b"], _ATTN_BASE["hq"], _ATTN_BASE["sq"], _ATTN_BASE["sk"])
         lead = 4 - len(bshape)
         shape = tuple(full_shape[lead + i] if n == base[lead + i] and n != 1 else n for i, n in enumerate(bshape))
-        bias = _rand(shape, dtype, seed + 4)
+        bias = _rand(shape, dtype, seed + 4, device=device)
     kpm = None
     if case["kpm"] == "ragged":
-        kpm = torch.ones(b, sk, dtype=torch.bool)
+        kpm = torch.ones(b, sk, dtype=torch.bool, device=device)
         if b > 0:
             kpm[0, max(sk - 2, 1):] = False
         if b > 1:
@@ -206,7 +206,7 @@ def _attention_inputs(case, seed=0):
 def attention_samples(backend: str, device: str = "cpu", mode: str = "cover") -> Iterator[Sample]:
     """fastattn::attention_fwd samples, with gradients for float32/float64 (fp16/bf16 forward only)."""
     for i, case in enumerate(_attention_cases(mode)):
-        q, k, v, bias, kpm = (None if t is None else t.to(device) for t in _attention_inputs(case, seed=10 * i))
+        q, k, v, bias, kpm = (None if t is None else t for t in _attention_inputs(case, seed=10 * i, device=device))
         scale = 0.35 if i % 2 else None
         causal = case["causal"]
         bias4 = None if bias is None else bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
@@ -239,8 +239,9 @@ def attention_bwd_samples(backend: str, device: str = "cpu", mode: str = "cover"
         q, k, v = (t.detach() for t in (q, k, v))
         bias4 = None if bias4 is None else bias4.detach()
         out, lse = attn_ops.attention_fwd(q, k, v, bias4, kpm, causal, scale, backend)
-        dout = _laid_out(tuple(out.shape), out.dtype, 99, layout if layout == "transposed" else "contiguous")
-        return (dout.to(device), q, k, v, out, lse, bias4, kpm, causal, scale, bias_grad, backend)
+        dout = _laid_out(tuple(out.shape), out.dtype, 99, layout if layout == "transposed" else "contiguous",
+                         device=device)
+        return (dout, q, k, v, out, lse, bias4, kpm, causal, scale, bias_grad, backend)
 
     for s in attention_samples(backend, device, mode):
         q, k, v, bias4, kpm, causal, scale, _ = s.args
@@ -269,20 +270,21 @@ def decode_axes(mode: str) -> Dict[str, Sequence]:
 
 def decode_samples(backend: str, device: str = "cpu", mode: str = "cover") -> Iterator[Sample]:
     smax, d = 9, 8
-    for i, case in enumerate(grid(decode_axes(mode), mode, edge=("batch",))):
+    for i, case in enumerate(grid(decode_axes(mode), mode, edge=("batch",), product=FULL_AXES)):
         dtype, layout, (hq, hkv), b = case["dtype"], case["layout"], case["heads"], case["batch"]
         if layout == "q_strided":  # q (B, Hq, D) as a view of a (Hq, B, D) tensor; contiguous caches
-            q = _rand((hq, b, d), dtype, i).transpose(0, 1)
+            q = _rand((hq, b, d), dtype, i, device=device)
+            q = q.transpose(0, 1) if b > 0 else q.reshape(b, hq, d)
             cache_layout = "contiguous"
         else:
-            q = _rand((b, hq, d), dtype, i)
+            q = _rand((b, hq, d), dtype, i, device=device)
             cache_layout = layout
-        if cache_layout == "sliced":  # the first Smax positions of a longer cache: strided along heads
-            kc = _rand((b, hkv, smax + 4, d), dtype, i + 1)[:, :, :smax]
-            vc = _rand((b, hkv, smax + 4, d), dtype, i + 2)[:, :, :smax]
+        if cache_layout == "sliced" and b > 0:  # the first Smax positions of a longer cache: strided along heads
+            kc = _rand((b, hkv, smax + 4, d), dtype, i + 1, device=device)[:, :, :smax]
+            vc = _rand((b, hkv, smax + 4, d), dtype, i + 2, device=device)[:, :, :smax]
         else:
-            kc = _laid_out((b, hkv, smax, d), dtype, i + 1, cache_layout)
-            vc = _laid_out((b, hkv, smax, d), dtype, i + 2, cache_layout)
+            kc = _laid_out((b, hkv, smax, d), dtype, i + 1, cache_layout, device=device)
+            vc = _laid_out((b, hkv, smax, d), dtype, i + 2, cache_layout, device=device)
         pattern = {"mixed": [0, smax, 4], "full": [smax] * 3, "int64": [2, 7, smax]}[case["lens"]]
         lens = torch.tensor((pattern * b)[:b], dtype=torch.int64 if case["lens"] == "int64" else torch.int32)
         q, kc, vc, lens = (t.to(device) for t in (q, kc, vc, lens))
@@ -328,11 +330,11 @@ def _softmax_temperature(kind, shape, dim, dtype, seed):
 
 def softmax_samples(backend: str, device: str = "cpu", mode: str = "cover") -> Iterator[Sample]:
     """fastattn::softmax_fwd samples (with gradients for float32/float64)."""
-    for i, case in enumerate(grid(softmax_axes(mode), mode, edge=("empty",))):
+    for i, case in enumerate(grid(softmax_axes(mode), mode, edge=("empty",), product=FULL_AXES + ("dim",))):
         dtype, layout, dim, shape = case["dtype"], case["layout"], case["dim"], case["shape"]
         if case["empty"] != "no":
             shape = (0,) + shape[1:] if case["empty"] == "rows" else shape[:-1] + (0,)
-        x = _laid_out(shape, dtype, i, layout).to(device)
+        x = _laid_out(shape, dtype, i, layout, device=device)
         if not _backend_takes(backend, "softmax", "softmax_fwd", device, dtype):
             continue
         t = _softmax_temperature(case["temperature"], shape, dim, dtype, i + 100)
@@ -358,7 +360,7 @@ def softmax_bwd_samples(backend: str, device: str = "cpu", mode: str = "cover") 
     def build(fwd_args, layout):
         x, t_op, temp, dim, _ = fwd_args
         y = softmax_ops.softmax_fwd(x.detach(), t_op, temp, dim, backend)
-        g = _laid_out(tuple(y.shape), y.dtype, 7, layout).to(device)
+        g = _laid_out(tuple(y.shape), y.dtype, 7, layout, device=device)
         return (g, y, t_op, temp, dim, backend)
 
     for s in softmax_samples(backend, device, mode):
@@ -405,11 +407,11 @@ def _sampling_params(kind: str, b: int, device):
 def sampling_samples(backend: str, device: str = "cpu", mode: str = "cover") -> Iterator[Sample]:
     """fastattn::sample and fastattn::top_k_top_p_filter samples, per-row parameters as the public functions
     pass them (validated and converted by the same code)."""
-    for i, case in enumerate(grid(sampling_axes(mode), mode, edge=("empty",))):
+    for i, case in enumerate(grid(sampling_axes(mode), mode, edge=("empty",), product=FULL_AXES + ("params",))):
         dtype, layout, b, v = case["dtype"], case["layout"], case["batch"], case["vocab"]
         b = 0 if case["empty"] == "yes" else b
         # expanded: every row the same memory (stride 0 along the batch)
-        logits = _laid_out((b, v), dtype, i, layout, expand_dim=0, scale=3.0).to(device)
+        logits = _laid_out((b, v), dtype, i, layout, expand_dim=0, scale=3.0, device=device)
         if not _backend_takes(backend, "sampling", "sample", device, dtype):
             continue
         params = _sampling_params(case["params"], b, device)
