@@ -456,7 +456,7 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
                 raise ValueError(f"key_padding_mask must be this rank's (B, S/W) = ({b}, {sk}) shard, got "
                                  f"{tuple(key_padding_mask.shape)}")
             _checks.same_device(("q", q), ("key_padding_mask", key_padding_mask))
-        scale = _checks.positive_scale(scale)
+        scale = _checks.finite_scale(scale)
         scale = 1.0 / math.sqrt(d) if scale is None else scale
         chosen = _dispatch.select(backend, "attention", "ring_attention", "attention_fwd", q.device, q.dtype,
                                   "unsupported_attention", (q, k, v, None, key_padding_mask, causal))

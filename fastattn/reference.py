@@ -71,7 +71,7 @@ def _probs(s: Tensor, lse: Tensor) -> Tensor:
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: Optional[float] = None,
               bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
               seed: int = 0, offset: int = 0) -> Tuple[Tensor, Tensor]:
-    """Returns (out in q's dtype, lse float32 (B, Hq, Sq)).
+    """Returns (out in q's dtype, lse (B, Hq, Sq): float32, float64 for float64 inputs).
 
     lse is the log-sum-exp of the scaled, biased, masked scores; -inf for a row with no key to attend to,
     whose output is zeros. dropout_p > 0: the probabilities are dropped by dropout_keep(.., seed, offset), the
@@ -110,6 +110,8 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     do, o = dout.to(cd), out.to(cd)
     mask = attention_mask(sq, sk, causal, key_padding_mask, q.device)
     s = _scores(qc, kc, scale, bias, mask)
+    if lse.dtype != cd:  # a float32 lse of float64 inputs: recompute it, keeping the gradients float64-exact
+        lse = torch.logsumexp(s, dim=-1)
     p = _probs(s, lse.to(cd))                                    # (B, Hq, Sq, Sk)
     z = _dropout_scale(b, hq, sq, sk, dropout_p, seed, offset, q.device, cd) if dropout_p > 0.0 else None
     dv = torch.matmul((p if z is None else p * z).transpose(-1, -2), do)   # (B, Hq, Sk, Dv)

@@ -57,3 +57,50 @@ def assert_rel(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "ou
     idx = [tuple(int(i) for i in torch.unravel_index(w, o.shape)) for w in worst]
     rows = ", ".join(f"{i}: {o[i].item():.6g} vs {r[i].item():.6g}" for i in idx)
     raise AssertionError(f"{what}: relative error {err:.3g} > {tol:.3g}; worst at {rows}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which backends must run here: a test for one of them fails, never skips, when the backend is unavailable.
+# ----------------------------------------------------------------------------------------------------------
+
+def expected_backends() -> frozenset:
+    """The backends this machine is expected to run; FASTATTN_EXPECT_BACKENDS (comma-separated) overrides.
+
+    torch always. triton wherever the triton package is installed (with a GPU it runs compiled, without one the
+    conftest sets TRITON_INTERPRET=1). cuda with FASTATTN_CUDA_EMULATE=1 (the CPU build of the kernels), or on a
+    GPU machine where the extension fastattn/_C*.so was built (a pure-Python install legitimately has none).
+    """
+    import importlib.util
+    import pathlib
+
+    override = os.environ.get("FASTATTN_EXPECT_BACKENDS")
+    if override is not None:
+        return frozenset(n.strip() for n in override.split(",") if n.strip())
+    want = {"torch"}
+    if importlib.util.find_spec("triton") is not None:
+        want.add("triton")
+    pkg = pathlib.Path(__file__).resolve().parent.parent / "fastattn"
+    built = any(pkg.glob("_C*.so")) or any(pkg.glob("_C*.pyd"))
+    if os.environ.get("FASTATTN_CUDA_EMULATE") == "1" or (HAS_GPU and built):
+        want.add("cuda")
+    return frozenset(want)
+
+
+def backend_unavailable(name: str):
+    """None when backend ``name`` runs here; else the reason it does not."""
+    import fastattn
+
+    st = fastattn.available_backends()[name]
+    return None if st is True else st
+
+
+def require_backend(name: str) -> None:
+    """Fail when an expected backend is unavailable here; skip (with the reason) when it is not expected."""
+    import pytest
+
+    why = backend_unavailable(name)
+    if why is None:
+        return
+    if name in expected_backends():
+        pytest.fail(f"backend {name!r} is expected on this machine but unavailable: {why}", pytrace=False)
+    pytest.skip(f"backend {name!r} unavailable here: {why}")

@@ -173,8 +173,13 @@ def test_sdpa_errors_like_pytorch():
     q, k = randn(1, 4, 3, 8), randn(1, 2, 3, 8)
     with pytest.raises(ValueError, match="enable_gqa"):
         fastattn.scaled_dot_product_attention(q, k, k)
-    with pytest.raises(ValueError, match="is_causal"):
-        fastattn.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(3, 3, dtype=torch.bool), is_causal=True)
+    mask = torch.ones(3, 3, dtype=torch.bool)
+    with pytest.raises(RuntimeError) as torch_err:  # what PyTorch raises (torch 2.14: RuntimeError)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask, is_causal=True)
+    with pytest.raises(type(torch_err.value), match="attn_mask.*is_causal"):
+        fastattn.scaled_dot_product_attention(q, q, q, attn_mask=mask, is_causal=True)
+    with pytest.raises(type(torch_err.value), match="attn_mask.*is_causal"):  # on the dropout path too
+        fastattn.scaled_dot_product_attention(q, q, q, attn_mask=mask, is_causal=True, dropout_p=0.1)
 
 
 def test_sdpa_can_replace_torch_function(monkeypatch):
@@ -488,3 +493,38 @@ def test_filter_row_with_plus_inf_keeps_only_those():
 def test_softmax_empty_on_kernel_backend(shape, dim):
     x = torch.randn(shape)
     assert fastattn.softmax(x, 0.5, dim, backend="triton").shape == shape
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("scale", [0.0, -0.45, 2.5])
+def test_any_finite_scale_like_pytorch(backend, scale):
+    """scale is any finite float, as in PyTorch's SDPA (0: uniform over the visible keys; negative: favours
+    the least similar), the same in attention, decode_attention and scaled_dot_product_attention."""
+    from _utils import require_backend
+
+    require_backend(backend)
+    q, k, v = randn(1, 2, 3, 8, seed=1), randn(1, 2, 5, 8, seed=2), randn(1, 2, 5, 8, seed=3)
+    want = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=scale)
+    assert_rel(fastattn.attention(q, k, v, scale=scale, backend=backend), want, 1e-5, "attention")
+    with fastattn.use_backend(backend):
+        assert_rel(fastattn.scaled_dot_product_attention(q, k, v, scale=scale), want, 1e-5, "sdpa")
+    lens = torch.tensor([5], dtype=torch.int32)
+    got = fastattn.decode_attention(q[:, :, 0], k, v, lens, scale=scale, backend=backend)
+    assert_rel(got, want[:, :, 0], 1e-5, "decode_attention")
+    if scale == 0.0:  # uniform weights: the mean of the values
+        assert_rel(got, v.double().mean(2), 1e-5, "scale 0")
+
+
+def test_scale_errors_name_the_argument():
+    q = randn(1, 2, 3, 8)
+    lens = torch.tensor([3], dtype=torch.int32)
+    calls = [lambda s: fastattn.attention(q, q, q, scale=s),
+             lambda s: fastattn.decode_attention(q[:, :, 0], q, q, lens, scale=s),
+             lambda s: fastattn.scaled_dot_product_attention(q, q, q, scale=s)]
+    for call in calls:
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            with pytest.raises(ValueError, match="scale must be finite"):
+                call(bad)
+        for bad in ("0.5", True, torch.tensor(0.5)):
+            with pytest.raises(TypeError, match="scale must be a float"):
+                call(bad)

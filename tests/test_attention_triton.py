@@ -37,11 +37,12 @@ def _one_config_per_kernel(request):
     if not HAS_GPU or request.function.__name__ == "test_gpu_autotuned":
         yield
         return
-    pins = {tri._attn_fwd_tuned: {"BLOCK_M": 64, "BLOCK_N": 32}, tri._attn_bwd_dq_tuned: {"BLOCK_M": 32, "BLOCK_N": 32},
-            tri._attn_bwd_dkdv_tuned: {"BLOCK_M": 32, "BLOCK_N": 32}, tri._decode_split_tuned: {"BLOCK_N": 64}}
+    tuned = {"fwd": tri._attn_fwd_tuned, "dq": tri._attn_bwd_dq_tuned, "dkdv": tri._attn_bwd_dkdv_tuned}
+    pins = {tuned[p]: ({"BLOCK_M": m, "BLOCK_N": n}, w, st) for p, (m, n, w, st) in PINNED}
+    pins[tri._decode_split_tuned] = ({"BLOCK_N": 64}, 4, 2)
     saved = {kern: kern.configs for kern in pins}
-    for kern, kw in pins.items():
-        kern.configs = [triton.Config(kw, num_warps=4, num_stages=2)]
+    for kern, (kw, warps, stages) in pins.items():  # PINNED fit shared memory: test_every_pickable_config_fits
+        kern.configs = [triton.Config(kw, num_warps=warps, num_stages=stages)]
     try:
         yield
     finally:
@@ -390,11 +391,58 @@ def test_block_shapes_few_fitting_and_a_fixed_pick():
                         assert tri._smem_bytes(pass_, pick, d, dtype.itemsize, bias_esize) <= 227 * 1024
         pinned = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2)]
         assert tri._prune(pinned, {}, pass_=pass_, HEAD_DIM_PAD=64, COMPUTE_F32=False) == pinned
-    bf16 = torch.bfloat16
-    assert tri.fixed_shape("fwd", 128, bf16, False) == (128, 128, 8, 2)
-    assert tri.fixed_shape("fwd", 128, bf16, False, bias_esize=2)[:2] == (128, 64)
-    assert tri.fixed_shape("dkdv", 128, bf16, True, bias_esize=2)[:2] == (32, 128)
-    assert tri.fixed_shape("dkdv", 64, bf16, True, bias_esize=2)[:2] == (64, 128)
+    # A full bias tile never widens a pick: its score tile is at most the bias-free pick's.
+    for pass_ in ("fwd", "dq", "dkdv"):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for d in (16, 32, 64, 128, 256):
+                plain = tri.fixed_shape(pass_, d, dtype, False)
+                for bias_esize in (2, 4):
+                    biased = tri.fixed_shape(pass_, d, dtype, False, bias_esize)
+                    assert biased[0] * biased[1] <= plain[0] * plain[1], (pass_, d, dtype, bias_esize)
+
+
+# Shared memory one block may use (the opt-in maximum): A100 (sm_80) 163 KB, H100/H200 (sm_90) 227 KB.
+SMEM_PER_BLOCK = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
+# The configs the _one_config_per_kernel fixture pins on a GPU, as (pass, (BLOCK_M, BLOCK_N, warps, stages)).
+PINNED = [("fwd", (64, 32, 4, 2)), ("dq", (32, 32, 4, 2)), ("dkdv", (32, 32, 4, 2))]
+
+
+def _pickable():
+    """Every (pass, head dim class, dtype, bias element size, config) the launchers can launch on a GPU: all the
+    configs autotuning keeps (_shapes_for), whose first is the FASTATTN_TRITON_AUTOTUNE=0 pick."""
+    for pass_ in ("fwd", "dq", "dkdv"):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for d in (16, 32, 64, 128, 256):
+                for bias_esize in (0, 2, 4):
+                    for shape in tri._shapes_for(pass_, d, dtype == torch.float32, dtype.itemsize, bias_esize):
+                        yield pass_, d, dtype, bias_esize, shape
+
+
+@pytest.mark.parametrize("arch", [
+    "sm_90",
+    # Known defect (found by this test): the tables plan for one budget, _SMEM_BUDGET = 200 KB, on every GPU, so
+    # some picks need more than an A100's 163 KB (e.g. fwd D=256 16-bit (128, 64, 8, 2): 192 KB; dq D=256 with
+    # a float32 bias: 224 KB). Autotuning skips configs that fail to launch, but the fixed pick would not.
+    # The fix is an arch-aware budget in the config heuristics (branch triton is moving them into their own
+    # module); strict, so this turns red once it lands and the mark must go.
+    pytest.param("sm_80", marks=pytest.mark.xfail(strict=True, reason="config budget is sm_90's on every GPU")),
+])
+def test_every_pickable_config_fits_shared_memory(arch):
+    """Property of the config tables: every config a launcher can pick, and every config the GPU tests pin, fits
+    one block's shared memory on ``arch`` by its tile formula (_smem_bytes: resident tiles, stages of streamed
+    ones, the bias tile). TODO(branch static, issue 12 item 6): when fastattn.bench.static lands on main, also
+    assert that each of these configs compiles with no register spill in its static (ptxas) report."""
+    budget = SMEM_PER_BLOCK[arch]
+    over = [(p, d, str(dt), be, sh, tri._smem_bytes(p, sh, d, dt.itemsize, be) // 1024)
+            for p, d, dt, be, sh in _pickable() if tri._smem_bytes(p, sh, d, dt.itemsize, be) > budget]
+    for pass_, shape in PINNED:
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for d in (16, 32, 64, 128, 256):
+                for be in (0, 2, 4):
+                    need = tri._smem_bytes(pass_, shape, d, dtype.itemsize, be)
+                    if need > budget:
+                        over.append(("pinned " + pass_, d, str(dtype), be, shape, need // 1024))
+    assert not over, f"configs over {budget // 1024} KB on {arch} (pass, D, dtype, bias bytes, config, KB): {over}"
 
 
 @pytest.mark.parametrize("flag,want", [(None, True), ("1", True), ("0", False)])

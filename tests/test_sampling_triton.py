@@ -146,24 +146,23 @@ def test_samples_inside_kept_set_and_match_reference(path):
     assert (tok == ref).float().mean() >= 0.9, f"agreement with the reference draws: {(tok == ref).tolist()}"
 
 
-# top-k + top-p: drawn in registers from the compacted candidates. min-p / no filter: drawn by the pass in
-# vocabulary order, with block=4 so that it crosses tile boundaries.
+# The distribution of the draws (chi-square and binomial bounds over 100k draws on the CPU, millions from this
+# kernel on a GPU) is tested in test_sampling_stats.py; under the interpreter (0.1-0.3 s a row) this file ties
+# the kernel's draws to the reference's for the same seeds instead (test_samples_inside_kept_set_and_match_
+# reference above, and test_draw_paths_match_reference below).
 @pytest.mark.parametrize("params, block", [(dict(top_k=5, top_p=0.9), 16), (dict(min_p=0.05), 4), (dict(), 4)],
                          ids=["topk_topp", "minp", "none"])
-def test_draws_follow_filtered_distribution(params, block):
-    """Chi-square of N draws (seeds 0..N-1, so deterministic) against softmax of the kept logits."""
-    n, v = 240, 10
+def test_draw_paths_match_reference(params, block):
+    """Both draw paths (in registers from the candidates; in vocabulary order across tiles): the same token as
+    the reference for the same seed on nearly every row, and never one outside the kept set."""
+    n, v = 48, 10
     x = torch.tensor([[2.0, 1.5, 1.4, 0.3, 0.0, -0.2, -1.0, 1.0, 0.5, -3.0]], device=_dev()).repeat(n, 1)
-    seeds = torch.arange(n, dtype=torch.int64, device=_dev())
+    seeds = torch.arange(n, dtype=torch.int64, device=_dev()) * 7919
     tok = _kernel_sample(x, seeds, {"block": block}, temperature=0.9, **params).cpu()
-    z = reference.top_k_top_p_filter(x[:1], temperature=0.9, **params).cpu()[0]
-    p = torch.softmax(z.double(), 0)
-    counts = torch.bincount(tok, minlength=v).double()
-    assert counts[p == 0].sum() == 0, "draws outside the kept set"
-    e = p[p > 0] * n
-    chi2 = float(((counts[p > 0] - e) ** 2 / e).sum())
-    # 99.9% quantile of chi-square with up to 9 degrees of freedom is 27.9; the draw is fixed by the seeds.
-    assert chi2 < 27.9, f"chi2 {chi2:.1f}: counts {counts.tolist()} vs expected {(p * n).tolist()}"
+    kept = reference.top_k_top_p_filter(x[:1], temperature=0.9, **params).cpu()[0] > -INF
+    assert kept[tok].all(), "a draw outside the kept set"
+    ref = reference.sample(x, temperature=0.9, seeds=seeds, **params).cpu()
+    assert (tok == ref).float().mean() >= 0.95, f"agreement with the reference: {(tok == ref).tolist()}"
 
 
 def test_greedy_exact_with_ties():

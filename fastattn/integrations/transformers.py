@@ -14,7 +14,9 @@ Three pieces:
   (B, 1, Sq, Sk) bias. Without a registered mask function transformers would build no padding mask at all.
 - A fix for ``set_attn_implementation``: transformers 5.x skips sub-models whose config class equals the parent's,
   so T5's encoder and decoder stacks (which hold deep copies of the config) silently kept their old
-  implementation. Requests involving fastattn are propagated to every sub-model here.
+  implementation. Only the T5 family's classes (T5, MT5, UMT5, LongT5: the ones whose stacks deep-copy the
+  config) get the fix, and it acts only on requests that involve a fastattn implementation; every other model,
+  and ``PreTrainedModel`` itself, keeps transformers' own method.
 
 Attention dropout (training with ``attention_dropout > 0``) runs in fastattn's kernels (``dropout_p`` of
 ``fastattn.attention``; fastattn's own random stream, so the same distribution as "sdpa", not the same draws).
@@ -24,6 +26,7 @@ block); ``register(name, backend=...)`` registers further names pinned to one ba
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -166,15 +169,33 @@ def register(name: str = NAME, backend: str = "auto") -> None:
 
 
 _original_set_attn_implementation = PreTrainedModel.set_attn_implementation
+# Model families whose stacks are PreTrainedModels holding deep copies of the parent's config (T5Stack and its
+# copies), by transformers module: the classes that get the fixed set_attn_implementation.
+STACKED_FAMILIES = {"t5": "T5PreTrainedModel", "mt5": "MT5PreTrainedModel", "umt5": "UMT5PreTrainedModel",
+                    "longt5": "LongT5PreTrainedModel"}
+_patched_classes: list = []
 
 
 def _set_attn_implementation(self, attn_implementation, *args, **kwargs):
-    """PreTrainedModel.set_attn_implementation, then the same implementation for every sub-model whose config
-    transformers left behind (T5's stacks), when fastattn is involved."""
+    """PreTrainedModel.set_attn_implementation, then, when the old or the new implementation is a fastattn one, the
+    same implementation for every sub-model whose config transformers left behind (T5's stacks)."""
     out = _original_set_attn_implementation(self, attn_implementation, *args, **kwargs)
     if isinstance(attn_implementation, str):
         propagate_attn_implementation(self)
     return out
+
+
+def _install_stack_fix() -> None:
+    for family, cls_name in STACKED_FAMILIES.items():
+        try:
+            mod = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        except ImportError:  # a transformers without this family
+            continue
+        cls = getattr(mod, cls_name, None)
+        if cls is None or "set_attn_implementation" in vars(cls):  # absent, or it has its own: leave it
+            continue
+        cls.set_attn_implementation = _set_attn_implementation
+        _patched_classes.append(cls)
 
 
 def propagate_attn_implementation(model: torch.nn.Module) -> None:
@@ -198,7 +219,7 @@ def attn_implementations(model: torch.nn.Module) -> dict:
 
 
 register()
-PreTrainedModel.set_attn_implementation = _set_attn_implementation
+_install_stack_fix()
 
-__all__ = ["NAME", "MaskStructure", "attention_forward", "attn_implementations", "mask_forward",
+__all__ = ["NAME", "STACKED_FAMILIES", "MaskStructure", "attention_forward", "attn_implementations", "mask_forward",
            "propagate_attn_implementation", "register"]

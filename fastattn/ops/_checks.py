@@ -46,7 +46,10 @@ def same_dtype(*named: tuple) -> None:
             raise TypeError(f"{n} has dtype {t.dtype} but {first_name} has {first.dtype}: they must match")
 
 
-def positive_scale(scale) -> Optional[float]:
+def finite_scale(scale) -> Optional[float]:
+    """The softmax scale of attention, decode_attention and SDPA: None (the default 1/sqrt(D)) or any finite
+    real number, as PyTorch's SDPA takes it: 0 gives uniform weights over the visible keys, a negative scale
+    favours the least similar keys. NaN or infinity raises ValueError, a non-number TypeError."""
     if scale is None:
         return None
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):

@@ -43,8 +43,12 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_p
     """(out (B, Hq, Sq, Dv) in q's dtype, lse (B, Hq, Sq) float32). bias is 4-D, broadcastable. dropout_p > 0:
     attention dropout drawn from the counter-based stream of (seed, offset) (fastattn.reference.dropout_keep)."""
     if backend == "torch":
-        return reference.attention(q, k, v, causal=causal, scale=scale, bias=bias,
-                                   key_padding_mask=key_padding_mask, dropout_p=dropout_p, seed=seed, offset=offset)
+        out, lse = reference.attention(q, k, v, causal=causal, scale=scale, bias=bias,
+                                       key_padding_mask=key_padding_mask, dropout_p=dropout_p, seed=seed,
+                                       offset=offset)
+        # The reference keeps float64 row statistics for float64 inputs; the op's lse is float32 for every
+        # dtype (the contract, and the fake). Its float64 backward recomputes them from the scores instead.
+        return out, lse.float()
     if dropout_p:
         return _kernel_module(backend).attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, dropout_p,
                                                      seed, offset)
@@ -165,7 +169,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
     _check_qkv(q, k, v)
     b, hq, sq, d = q.shape
     sk = k.shape[2]
-    scale = _checks.positive_scale(scale)
+    scale = _checks.finite_scale(scale)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
@@ -253,7 +257,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens:
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
         if lo < 0 or hi > smax:
             raise ValueError(f"cache_seqlens must lie in [0, Smax={smax}], got values in [{lo}, {hi}]")
-    scale = _checks.positive_scale(scale)
+    scale = _checks.finite_scale(scale)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     chosen = _dispatch.select(backend, "attention", "decode_attention", "decode_attention", q.device, q.dtype,
                               "unsupported_decode", (q, k_cache, v_cache, cache_seqlens))
@@ -284,11 +288,12 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     """
     for n, t in (("query", query), ("key", key), ("value", value)):
         _checks.tensor(n, t)
+    if is_causal and attn_mask is not None:  # RuntimeError, as PyTorch raises it
+        raise RuntimeError("scaled_dot_product_attention: an explicit attn_mask must not be set when "
+                           "is_causal=True (pass one or the other)")
     if dropout_p >= 1.0:  # _PYTORCH_FALLBACKS
         return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                            scale=scale, enable_gqa=enable_gqa)
-    if is_causal and attn_mask is not None:
-        raise ValueError("attn_mask must be None when is_causal=True (as in PyTorch)")
     if _plain_4d(query, key, value, enable_gqa):  # the common call: no reshaping at all
         vw = _sdpa_shapes.SdpaViews(query, key, value, (query.shape[0],), 0, query.shape[1],
                                     tuple(query.shape[:-1]) + (value.shape[-1],))

@@ -48,9 +48,10 @@ def filter_op(logits: Tensor, temperature_t: Optional[Tensor], temperature: floa
               top_k: int, top_p_t: Optional[Tensor], top_p: float, min_p_t: Optional[Tensor], min_p: float,
               backend: str) -> Tensor:
     if backend == "torch":
+        # Contiguous like the kernels' result and the fake (the reference keeps strided logits' strides).
         return reference.top_k_top_p_filter(logits, temperature=_param(temperature_t, temperature),
                                             top_k=_param(top_k_t, top_k), top_p=_param(top_p_t, top_p),
-                                            min_p=_param(min_p_t, min_p))
+                                            min_p=_param(min_p_t, min_p)).contiguous()
     return _kernel_module(backend).top_k_top_p_filter(logits, temperature_t, temperature, top_k_t, top_k, top_p_t,
                                                       top_p, min_p_t, min_p)
 

@@ -53,7 +53,8 @@ def _run_rows(fn, x: Tensor, other: Optional[Tensor], temperature: Optional[Tens
 def softmax_fwd(x: Tensor, temperature: Optional[Tensor], temp: float, dim: int, backend: str) -> Tensor:
     """softmax(x / t) along dim, t = temperature (broadcastable, dim of size 1) if given, else the float temp."""
     if backend == "torch":
-        return reference.softmax(x, temp if temperature is None else temperature, dim)
+        # Contiguous like the kernels' result and the fake (the reference keeps a strided x's strides).
+        return reference.softmax(x, temp if temperature is None else temperature, dim).contiguous()
     return _kernel_forward(x, temperature, temp, dim, backend)
 
 
@@ -71,7 +72,7 @@ def softmax_bwd(grad: Tensor, y: Tensor, temperature: Optional[Tensor], temp: fl
                 backend: str) -> Tensor:
     """dx = y * (g - sum(g * y)) / t along dim."""
     if backend == "torch":
-        return reference.softmax_backward(grad, y, temp if temperature is None else temperature, dim)
+        return reference.softmax_backward(grad, y, temp if temperature is None else temperature, dim).contiguous()
     return _run_rows(_kernel_module(backend).softmax_bwd, y, grad, temperature, temp, dim).contiguous()
 
 
