@@ -6,21 +6,48 @@
 //
 // Header choice: torch/library.h + per-operator ATen headers + c10/cuda compile several times faster than
 // torch/extension.h (which pulls in pybind11 and all of ATen); see csrc/README.md for the measured times.
+//
+// The emulated build (csrc/emu, fastattn/_emu.py) compiles this same file with -DFASTATTN_EMULATE: the ops then
+// take CPU tensors and are registered for the CPU dispatch key; the kernels run through the emulator.
+#if !defined(FASTATTN_EMULATE)
 #include <Python.h>  // PyInit__C only; compiled against the limited API (py_limited_api=True in setup.py)
+#endif
+
+#include <cmath>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <torch/library.h>
+#if !defined(FASTATTN_EMULATE)
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#endif
 
 #include <cuda_runtime_api.h>
 
 #include "common/dtype.h"
 #include "softmax/softmax_fwd.h"
+#include "testing/primitives_test.h"
 
 namespace fastattn {
 namespace {
+
+// Where the kernels run: CUDA tensors on the GPU build, CPU tensors on the emulated one.
+#if defined(FASTATTN_EMULATE)
+constexpr const char* kDeviceWord = "CPU (emulated CUDA build)";
+bool on_kernel_device(const at::Tensor& t) { return t.is_cpu(); }
+struct DeviceGuard {
+  explicit DeviceGuard(const at::Device&) {}
+};
+cudaStream_t current_stream(const at::Tensor&) { return nullptr; }
+#else
+constexpr const char* kDeviceWord = "CUDA";
+bool on_kernel_device(const at::Tensor& t) { return t.is_cuda(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.get_device()).stream();
+}
+#endif
 
 // Turns a launcher's cudaError_t into a Python RuntimeError naming the op.
 void check_cuda(cudaError_t err, const char* op) {
@@ -50,7 +77,8 @@ DType to_dtype(const at::Tensor& t, const char* op, const char* name) {
 at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>& inv_temperature,
                             double inv_temp) {
   constexpr const char* op = "softmax_fwd_cuda";
-  TORCH_CHECK(x.is_cuda(), "fastattn::", op, ": x must be a CUDA tensor, got device ", x.device());
+  TORCH_CHECK(on_kernel_device(x), "fastattn::", op, ": x must be a ", kDeviceWord, " tensor, got device ",
+              x.device());
   TORCH_CHECK(x.dim() == 2, "fastattn::", op, ": x must be 2-D (rows, n), got shape ", x.sizes());
   const DType dtype = to_dtype(x, op, "x");
   const int64_t rows = x.size(0), n = x.size(1);
@@ -70,7 +98,7 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
   at::Tensor y = at::empty({rows, n}, x.options());
   if (rows == 0 || n == 0) return y;
 
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   SoftmaxFwdParams params;
   params.x = x.const_data_ptr();
   params.y = y.mutable_data_ptr();
@@ -80,8 +108,103 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
   params.n = n;
   params.x_row_stride = x.stride(0);
   params.y_row_stride = y.stride(0);
-  check_cuda(softmax_fwd(params, dtype, c10::cuda::getCurrentCUDAStream(x.get_device()).stream()), op);
+  check_cuda(softmax_fwd(params, dtype, current_stream(x)), op);
   return y;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Test kernels of the tensor-core and async-copy primitives (csrc/testing/primitives_test.h), called by
+// tests/test_cuda_primitives.py only. Outputs are filled with NaN before the kernel writes them.
+// ---------------------------------------------------------------------------------------------------------
+void check_test_tensor(const at::Tensor& t, const char* op, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(on_kernel_device(t), "fastattn::", op, ": ", name, " must be a ", kDeviceWord, " tensor, got device ",
+              t.device());
+  TORCH_CHECK(t.sizes() == shape && t.is_contiguous(), "fastattn::", op, ": ", name, " must be contiguous with shape ",
+              shape, ", got shape ", t.sizes(), " and strides ", t.strides());
+}
+
+DType mma_dtype(const at::Tensor& a, const at::Tensor& b, const char* op) {
+  TORCH_CHECK(a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16, "fastattn::", op,
+              ": a must be float16 or bfloat16, got ", a.scalar_type());
+  TORCH_CHECK(b.scalar_type() == a.scalar_type() && b.device() == a.device(), "fastattn::", op,
+              ": b must have a's dtype and device (", a.scalar_type(), ", ", a.device(), "), got ", b.scalar_type(),
+              ", ", b.device());
+  return to_dtype(a, op, "a");
+}
+
+void check_accumulator(const at::Tensor& c, const at::Tensor& a, const char* op, at::IntArrayRef shape) {
+  check_test_tensor(c, op, "c", shape);
+  TORCH_CHECK(c.scalar_type() == at::kFloat && c.device() == a.device(), "fastattn::", op,
+              ": c must be float32 on ", a.device(), ", got ", c.scalar_type(), " on ", c.device());
+}
+
+// _test_mma_cuda(a (16, 16), b (16, 8), c (16, 8) f32) -> a @ b + c (16, 8) f32, one mma.m16n8k16.
+at::Tensor test_mma_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+  constexpr const char* op = "_test_mma_cuda";
+  check_test_tensor(a, op, "a", {16, 16});
+  check_test_tensor(b, op, "b", {16, 8});
+  const DType dtype = mma_dtype(a, b, op);
+  check_accumulator(c, a, op, {16, 8});
+  const DeviceGuard guard(a.device());
+  at::Tensor d = at::empty({16, 8}, c.options()).fill_(NAN);
+  check_cuda(testing::mma_test(a.const_data_ptr(), b.const_data_ptr(), c.const_data_ptr<float>(),
+                               d.mutable_data_ptr<float>(), dtype, current_stream(a)),
+             op);
+  return d;
+}
+
+// _test_ldmatrix_cuda(a (16, 16), b (16, 16), c (16, 16) f32, a_mode, b_mode) -> a @ b + c (16, 16) f32,
+// the fragments loaded by ldmatrix in the given modes (csrc/testing/primitives_test.h).
+at::Tensor test_ldmatrix_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, int64_t a_mode,
+                              int64_t b_mode) {
+  constexpr const char* op = "_test_ldmatrix_cuda";
+  check_test_tensor(a, op, "a", {16, 16});
+  check_test_tensor(b, op, "b", {16, 16});
+  const DType dtype = mma_dtype(a, b, op);
+  check_accumulator(c, a, op, {16, 16});
+  TORCH_CHECK(0 <= a_mode && a_mode < testing::kLdmatrixModes && 0 <= b_mode && b_mode < testing::kLdmatrixModes,
+              "fastattn::", op, ": a_mode and b_mode must be in [0, ", testing::kLdmatrixModes, "), got ", a_mode,
+              " and ", b_mode);
+  const DeviceGuard guard(a.device());
+  at::Tensor d = at::empty({16, 16}, c.options()).fill_(NAN);
+  check_cuda(testing::ldmatrix_test(a.const_data_ptr(), b.const_data_ptr(), c.const_data_ptr<float>(),
+                                    d.mutable_data_ptr<float>(), dtype, static_cast<int>(a_mode),
+                                    static_cast<int>(b_mode), current_stream(a)),
+             op);
+  return d;
+}
+
+// _test_cp_async_cuda(src (4, 64 * bytes / 4) f32, bytes, planted_missing_wait) -> (6, 64 * bytes / 4) f32.
+at::Tensor test_cp_async_cuda(const at::Tensor& src, int64_t bytes, bool planted_missing_wait) {
+  constexpr const char* op = "_test_cp_async_cuda";
+  TORCH_CHECK(bytes == 4 || bytes == 8 || bytes == 16, "fastattn::", op, ": bytes must be 4, 8 or 16, got ", bytes);
+  check_test_tensor(src, op, "src", {4, 64 * bytes / 4});
+  TORCH_CHECK(src.scalar_type() == at::kFloat, "fastattn::", op, ": src must be float32, got ", src.scalar_type());
+  const DeviceGuard guard(src.device());
+  at::Tensor out = at::empty({6, 64 * bytes / 4}, src.options()).fill_(NAN);
+  check_cuda(testing::cp_async_test(src.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+                                    static_cast<int>(bytes), planted_missing_wait, current_stream(src)),
+             op);
+  return out;
+}
+
+// _test_gemm_cuda(a (m, k), b (k, n), planted_missing_wait) -> a @ b (m, n) f32; m, n multiples of 64, k of 32.
+at::Tensor test_gemm_cuda(const at::Tensor& a, const at::Tensor& b, bool planted_missing_wait) {
+  constexpr const char* op = "_test_gemm_cuda";
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "fastattn::", op,
+              ": a and b must be (m, k) and (k, n), got shapes ", a.sizes(), " and ", b.sizes());
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  TORCH_CHECK(m % 64 == 0 && n % 64 == 0 && k % 32 == 0 && k > 0, "fastattn::", op,
+              ": m and n must be multiples of 64 and k a positive multiple of 32, got m=", m, " n=", n, " k=", k);
+  check_test_tensor(a, op, "a", {m, k});
+  check_test_tensor(b, op, "b", {k, n});
+  const DType dtype = mma_dtype(a, b, op);
+  const DeviceGuard guard(a.device());
+  at::Tensor c = at::empty({m, n}, a.options().dtype(at::kFloat)).fill_(NAN);
+  check_cuda(testing::gemm_test(a.const_data_ptr(), b.const_data_ptr(), c.mutable_data_ptr<float>(), m, n, k, dtype,
+                                planted_missing_wait, current_stream(a)),
+             op);
+  return c;
 }
 
 }  // namespace
@@ -90,12 +213,27 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
 TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.set_python_module("fastattn._cuda");  // where the fake kernels live (torch checks register_fake's caller)
   m.def("softmax_fwd_cuda(Tensor x, Tensor? inv_temperature, float inv_temp) -> Tensor");
+  // Test kernels of the primitives (tests/test_cuda_primitives.py); no fake kernels, not for tracing.
+  m.def("_test_mma_cuda(Tensor a, Tensor b, Tensor c) -> Tensor");
+  m.def("_test_ldmatrix_cuda(Tensor a, Tensor b, Tensor c, int a_mode, int b_mode) -> Tensor");
+  m.def("_test_cp_async_cuda(Tensor src, int bytes, bool planted_missing_wait) -> Tensor");
+  m.def("_test_gemm_cuda(Tensor a, Tensor b, bool planted_missing_wait) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(fastattn, CUDA, m) {
+#if defined(FASTATTN_EMULATE)
+#define FASTATTN_KERNEL_KEY CPU
+#else
+#define FASTATTN_KERNEL_KEY CUDA
+#endif
+TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("softmax_fwd_cuda", &fastattn::softmax_fwd_cuda);
+  m.impl("_test_mma_cuda", &fastattn::test_mma_cuda);
+  m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);
+  m.impl("_test_cp_async_cuda", &fastattn::test_cp_async_cuda);
+  m.impl("_test_gemm_cuda", &fastattn::test_gemm_cuda);
 }
 
+#if !defined(FASTATTN_EMULATE)
 // `import fastattn._C` loads this shared object, which runs the static registrations above. The module itself
 // is empty; the ops are reached through torch.ops.fastattn.*.
 PyMODINIT_FUNC PyInit__C(void) {  // PyMODINIT_FUNC is extern "C", visibility default
@@ -108,3 +246,4 @@ PyMODINIT_FUNC PyInit__C(void) {  // PyMODINIT_FUNC is extern "C", visibility de
   };
   return PyModule_Create(&module_def);
 }
+#endif  // !FASTATTN_EMULATE

@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from . import _emu  # reads FASTATTN_CUDA_EMULATE now, when fastattn is imported
+
 BACKENDS = ("auto", "triton", "cuda", "torch")
 
 
@@ -94,14 +96,29 @@ def _triton_status() -> "bool | str":
 
 
 @_constant
+def cuda_emulated() -> bool:
+    """FASTATTN_CUDA_EMULATE=1 (set before fastattn is imported): "cuda" is the emulated build, on CPU tensors."""
+    return _emu.emulated()
+
+
+@_constant
+def cuda_build() -> "str | None":
+    """Which build backend "cuda" is: "emulated", "nvcc", or None when it is unavailable (see cuda_status)."""
+    if cuda_status() is not True:
+        return None
+    return "emulated" if cuda_emulated() else "nvcc"
+
+
+@_constant
 def cuda_status() -> "bool | str":
-    """True when the compiled extension fastattn._C is loaded and a GPU is present; else the reason."""
+    """True when the compiled extension fastattn._C is loaded and a GPU is present, or when the emulated build
+    (FASTATTN_CUDA_EMULATE=1) is loaded; else the reason."""
     from . import _cuda
 
     st = _cuda.status()
     if st is not True:
         return st
-    if not _has_gpu():
+    if not cuda_emulated() and not _has_gpu():
         return "the CUDA extension is built but there is no CUDA GPU"
     return True
 
@@ -148,6 +165,11 @@ def _machine_status_uncached(name: str, device: torch.device) -> "bool | str":
         st = cuda_status()
         if st is not True:
             return st
+        if cuda_emulated():
+            if device.type == "cpu":
+                return True
+            return (f"the emulated CUDA build (FASTATTN_CUDA_EMULATE=1) runs on CPU tensors (got "
+                    f"{device.type})")
         if device.type != "cuda":
             return f"the CUDA extension needs CUDA tensors (got {device.type})"
         return _cuda_arch_status(device.index)

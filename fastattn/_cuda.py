@@ -1,8 +1,12 @@
-"""Loader and thin wrappers for the compiled CUDA extension ``fastattn._C``.
+"""Loader and thin wrappers for the compiled CUDA extension ``fastattn._C``, or its emulated build.
 
 ``fastattn._C`` registers C++/CUDA ops in the ``fastattn`` namespace (csrc/binding.cpp); this module loads it
 lazily on the first ``status()`` call, registers the ops' fake (meta) kernels, and exposes one function per
 kernel for fastattn/ops/*. Importing this module loads nothing and never touches the GPU.
+
+With FASTATTN_CUDA_EMULATE=1 set before fastattn is imported, ``status()`` builds (or finds cached) and loads
+the emulated build instead (fastattn/_emu.py): the same csrc kernels compiled for the CPU, whose ops have the
+same names and schemas and take CPU tensors. ``build()`` says which one "cuda" is.
 
 Kernel functions here (the set fastattn/ops checks with ``hasattr``):
     softmax_fwd(x2d, inv_temperature, inv_temp) -> y2d
@@ -15,6 +19,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from . import _emu
 
 _NOT_BUILT = "extension not built (FASTATTN_BUILD_CUDA=0 or no nvcc at install)"
 _OPS = ("softmax_fwd_cuda",)  # every op csrc/binding.cpp defines; all must be present
@@ -29,8 +35,15 @@ def status() -> "bool | str":
     if _status is None:
         with _lock:
             if _status is None:
-                _status = _load()
+                _status = _load_emulated() if _emu.emulated() else _load()
     return _status
+
+
+def build() -> "str | None":
+    """Which build "cuda" is: "emulated" (FASTATTN_CUDA_EMULATE=1), "nvcc" (fastattn._C), None when neither loads."""
+    if status() is not True:
+        return None
+    return "emulated" if _emu.emulated() else "nvcc"
 
 
 def _load() -> "bool | str":
@@ -45,6 +58,26 @@ def _load() -> "bool | str":
     missing = [name for name in _OPS if not hasattr(torch.ops.fastattn, name)]
     if missing:
         return f"fastattn._C is loaded but lacks the ops {missing}: a stale build, reinstall fastattn"
+    _register_fakes()
+    return True
+
+
+def _load_emulated() -> "bool | str":
+    """Build (or find in the cache) and load the emulated library; it registers the ops for CPU tensors."""
+    try:
+        if _emu.asan_requested() and not _emu.asan_loaded():
+            return ("FASTATTN_EMU_ASAN=1: the AddressSanitizer build needs libasan loaded first; start the process "
+                    f"with LD_PRELOAD={_emu.asan_preload()} (and ASAN_OPTIONS=detect_leaks=0)")
+        lib = _emu.build_extension()
+    except _emu.EmuBuildError as e:
+        return f"the emulated CUDA build (FASTATTN_CUDA_EMULATE=1) is unavailable: {e}"
+    try:
+        torch.ops.load_library(str(lib))
+    except OSError as e:
+        return f"the emulated CUDA build {lib} failed to load ({e})"
+    missing = [name for name in _OPS if not hasattr(torch.ops.fastattn, name)]
+    if missing:
+        return f"the emulated CUDA build {lib} lacks the ops {missing}"
     _register_fakes()
     return True
 
@@ -83,6 +116,7 @@ def softmax_fwd(x2d: Tensor, inv_temperature: Optional[Tensor], inv_temp: float)
 
     x2d: CUDA (rows, n) float32/float16/bfloat16 with stride 1 along n; inv_temperature: None or a contiguous
     float32 CUDA tensor of rows elements (1 / T per row); otherwise inv_temp (1 / T) applies to every row.
+    (CPU tensors in the emulated build.)
     """
     if _status is not True:
         _require()

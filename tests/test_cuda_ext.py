@@ -1,8 +1,11 @@
 """The compiled extension fastattn._C: loading, op schema, fake kernels, and the CUDA softmax kernel.
 
-Markers (skips happen centrally in conftest): `cuda_ext` needs fastattn._C built and loaded; `gpu` needs a CUDA
-device. The cuda_ext-only tests run on a CPU-only machine (schema, fake/meta kernels, tracing); the gpu tests
-compare the kernel against a float64 reference. Nothing here touches the GPU at import or collection.
+Markers (skips happen centrally in conftest): `cuda_ext` needs fastattn._C built and loaded, or its emulated
+build; `cuda_kernel` runs the kernels: on a GPU with fastattn._C, or on the CPU with the emulated build
+(FASTATTN_CUDA_EMULATE=1, which conftest sets when there is no GPU), on tensors of device DEV; `gpu` and
+`native_cuda_ext` mark what only the nvcc build on a GPU can check (streams, no CPU kernel). The kernel tests
+compare against a float64 reference with the same tolerances on both builds. Nothing here touches the GPU at
+import or collection.
 """
 import importlib
 import subprocess
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastattn import _cuda
+from fastattn import _backend, _cuda
 from _utils import assert_rel, rel_err
 
 OP = "fastattn::softmax_fwd_cuda"
@@ -23,11 +26,19 @@ TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 DT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 cuda_ext = pytest.mark.cuda_ext
-on_gpu = [pytest.mark.gpu, pytest.mark.cuda_ext]
+EMULATED = _backend.cuda_emulated()
+DEV = "cpu" if EMULATED else "cuda"  # where the kernels take their tensors
+KERNEL_KEY = "CPU" if EMULATED else "CUDA"  # the dispatch key the binding registers the kernels for
+OTHER = "meta" if EMULATED else "cpu"  # a device the kernels do not take
 
 
 def softmax_op(x, inv_temperature, inv_temp):
     return torch.ops.fastattn.softmax_fwd_cuda(x, inv_temperature, inv_temp)
+
+
+def softmax_op_on_kernel_key(x, inv_temperature, inv_temp):
+    keys = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, KERNEL_KEY))
+    return torch.ops.fastattn.softmax_fwd_cuda.default.redispatch(keys, x, inv_temperature, inv_temp)
 
 
 def reference(x: torch.Tensor, inv_t: torch.Tensor) -> torch.Tensor:
@@ -48,7 +59,7 @@ def make_inv_t(rows, per_row, seed=1):
     if per_row:
         g = torch.Generator().manual_seed(seed)
         inv_t = 0.25 + 1.75 * torch.rand(rows, generator=g)  # temperatures in [0.57, 4]
-        return inv_t, (inv_t.cuda(), 1.0)
+        return inv_t, (inv_t.to(DEV), 1.0)
     return torch.full((rows,), 0.7), (None, 0.7)
 
 
@@ -94,12 +105,20 @@ def test_schema():
 
 
 @cuda_ext
-@pytest.mark.parametrize("key", ["CUDA", "Meta"])
+@pytest.mark.parametrize("key", [KERNEL_KEY, "Meta"])
 def test_kernels_registered(key):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(OP, key)
 
 
 @cuda_ext
+def test_kernel_for_one_device_only():
+    """The nvcc build registers a CUDA kernel and no CPU one; the emulated build the reverse."""
+    for key in ("CPU", "CUDA"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(OP, key) == (key == KERNEL_KEY), key
+    assert _backend.cuda_build() == ("emulated" if EMULATED else "nvcc")
+
+
+@pytest.mark.native_cuda_ext
 def test_cpu_tensor_has_no_kernel():
     with pytest.raises(NotImplementedError, match="CPU"):  # NotImplementedError is a RuntimeError
         softmax_op(torch.randn(2, 3), None, 1.0)
@@ -175,42 +194,38 @@ BOUNDARY_WIDTHS = sorted({chunks * per_chunk + d for chunks in (32, 128, 512, 10
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=DT.get)
 @pytest.mark.parametrize("rows", (1, 3, 64), ids=lambda r: f"rows{r}")
 @pytest.mark.parametrize("n", WIDTHS, ids=lambda n: f"n{n}")
-@pytest.mark.gpu
-@pytest.mark.cuda_ext
+@pytest.mark.cuda_kernel
 def test_softmax_matches_float64(n, rows, dtype, per_row):
     x = make_input(rows, n, dtype, seed=n + rows)
     inv_t, args = make_inv_t(rows, per_row)
-    y = softmax_op(x.cuda(), *args)
-    assert (y.shape, y.dtype, y.device.type) == ((rows, n), dtype, "cuda") and y.is_contiguous()
+    y = softmax_op(x.to(DEV), *args)
+    assert (y.shape, y.dtype, y.device.type) == ((rows, n), dtype, DEV) and y.is_contiguous()
     assert_rel(y, reference(x, inv_t), TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=DT.get)
 @pytest.mark.parametrize("n", BOUNDARY_WIDTHS, ids=lambda n: f"n{n}")
-@pytest.mark.gpu
-@pytest.mark.cuda_ext
+@pytest.mark.cuda_kernel
 def test_kernel_choice_boundaries(n, dtype):
     x = make_input(5, n, dtype, seed=n)
     inv_t, args = make_inv_t(5, per_row=True)
-    assert_rel(softmax_op(x.cuda(), *args), reference(x, inv_t), TOL[dtype])
+    assert_rel(softmax_op(x.to(DEV), *args), reference(x, inv_t), TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=DT.get)
 @pytest.mark.parametrize("n", (7, 1000, 4097, 32769), ids=lambda n: f"n{n}")
-@pytest.mark.gpu
-@pytest.mark.cuda_ext
+@pytest.mark.cuda_kernel
 def test_row_strided_input(n, dtype):
     """x = base[:, 1:]: rows start at every alignment relative to y (scalar and vector chunk paths mix)."""
     base = make_input(6, n + 1, dtype, seed=n)
-    x = base.cuda()[:, 1:]
+    x = base.to(DEV)[:, 1:]
     inv_t, args = make_inv_t(6, per_row=False)
     assert_rel(softmax_op(x, *args), reference(base[:, 1:], inv_t), TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=DT.get)
 @pytest.mark.parametrize("n", (7, 1000, 32769), ids=lambda n: f"n{n}")
-@pytest.mark.gpu
-@pytest.mark.cuda_ext
+@pytest.mark.cuda_kernel
 def test_masked_entries_and_all_neg_inf_row(n, dtype):
     """-inf entries give exact zeros; a row of all -inf gives zeros, not NaN; other rows are unaffected."""
     x = make_input(4, n, dtype, seed=n)
@@ -219,7 +234,7 @@ def test_masked_entries_and_all_neg_inf_row(n, dtype):
     x[:, 0] = 0.0  # every row keeps a finite entry, except row 2:
     x[2] = float("-inf")
     inv_t, args = make_inv_t(4, per_row=True)
-    y = softmax_op(x.cuda(), *args).cpu()
+    y = softmax_op(x.to(DEV), *args).cpu()
     assert torch.equal(y[2], torch.zeros(n, dtype=dtype))
     assert bool((y[torch.isinf(x)] == 0).all())
     assert_rel(y, reference(x, inv_t), TOL[dtype])
@@ -227,13 +242,12 @@ def test_masked_entries_and_all_neg_inf_row(n, dtype):
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=DT.get)
 @pytest.mark.parametrize("n", (1, 7, 1000, 32769), ids=lambda n: f"n{n}")
-@pytest.mark.gpu
-@pytest.mark.cuda_ext
+@pytest.mark.cuda_kernel
 def test_nan_row_is_nan_and_contained(n, dtype):
     x = make_input(5, n, dtype, seed=n)
     x[3, n // 2] = float("nan")
     inv_t, args = make_inv_t(5, per_row=False)
-    y = softmax_op(x.cuda(), *args).cpu()
+    y = softmax_op(x.to(DEV), *args).cpu()
     assert bool(torch.isnan(y[3]).all()), "a NaN must make its whole row NaN"
     keep = [0, 1, 2, 4]
     assert not bool(torch.isnan(y[keep]).any()), "a NaN row leaked into other rows"
@@ -241,43 +255,54 @@ def test_nan_row_is_nan_and_contained(n, dtype):
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 0)], ids=str)
-@pytest.mark.gpu
-@pytest.mark.cuda_ext
+@pytest.mark.cuda_kernel
 def test_empty(shape):
-    y = softmax_op(torch.empty(shape, device="cuda"), None, 1.0)
-    assert y.shape == shape and y.device.type == "cuda"
+    y = softmax_op(torch.empty(shape, device=DEV), None, 1.0)
+    assert y.shape == shape and y.device.type == DEV
 
 
-@pytest.mark.gpu
-@pytest.mark.cuda_ext
+@pytest.mark.cuda_kernel
 @pytest.mark.parametrize(
     "make_args, message",
     [
-        (lambda: (torch.randn(16, device="cuda"), None), "must be 2-D"),
-        (lambda: (torch.randn(2, 3, 4, device="cuda"), None), "must be 2-D"),
-        (lambda: (torch.ones(2, 8, dtype=torch.int64, device="cuda"), None), "float32, float16 or bfloat16"),
-        (lambda: (torch.randn(2, 8, dtype=torch.float64, device="cuda"), None), "float32, float16 or bfloat16"),
-        (lambda: (torch.randn(8, 2, device="cuda").t(), None), "stride 1"),
-        (lambda: (torch.randn(2, 8, device="cuda"), torch.ones(3, device="cuda")), "inv_temperature"),
-        (lambda: (torch.randn(2, 8, device="cuda"), torch.ones(2, device="cuda", dtype=torch.float16)), "float32"),
-        (lambda: (torch.randn(2, 8, device="cuda"), torch.ones(2)), "inv_temperature must be on"),
+        (lambda: (torch.randn(16, device=DEV), None), "must be 2-D"),
+        (lambda: (torch.randn(2, 3, 4, device=DEV), None), "must be 2-D"),
+        (lambda: (torch.ones(2, 8, dtype=torch.int64, device=DEV), None), "float32, float16 or bfloat16"),
+        (lambda: (torch.randn(2, 8, dtype=torch.float64, device=DEV), None), "float32, float16 or bfloat16"),
+        (lambda: (torch.randn(8, 2, device=DEV).t(), None), "stride 1"),
+        (lambda: (torch.randn(2, 8, device=DEV), torch.ones(3, device=DEV)), "inv_temperature"),
+        (lambda: (torch.randn(2, 8, device=DEV), torch.ones(2, device=DEV, dtype=torch.float16)), "float32"),
+        (lambda: (torch.randn(2, 8, device=DEV), torch.ones(2, device=OTHER)), "inv_temperature must be on"),
+        (lambda: (torch.randn(2, 8, device=OTHER), None), f"x must be a {'CPU' if EMULATED else 'CUDA'}"),
     ],
-    ids=["1d", "3d", "int64", "float64", "transposed", "inv_t_len", "inv_t_dtype", "inv_t_cpu"],
+    ids=["1d", "3d", "int64", "float64", "transposed", "inv_t_len", "inv_t_dtype", "inv_t_other_device",
+         "x_other_device"],
 )
 def test_bad_inputs_raise(make_args, message):
     x, inv = make_args()
     with pytest.raises(RuntimeError, match=message):
-        softmax_op(x, inv, 1.0)
+        # Straight to the kernel's device key: a tensor on another device must reach the binding's own check
+        # (the dispatcher alone would send a meta tensor to the fake kernel).
+        softmax_op_on_kernel_key(x, inv, 1.0)
+
+
+@pytest.mark.cuda_kernel
+def test_wrapper():
+    x = make_input(5, 333, torch.float16)
+    inv_t, (inv, inv_temp) = make_inv_t(5, per_row=True)
+    y = _cuda.softmax_fwd(x.to(DEV), inv, inv_temp)
+    assert y.device.type == DEV
+    assert_rel(y, reference(x, inv_t), TOL[torch.float16])
 
 
 @pytest.mark.gpu
-@pytest.mark.cuda_ext
+@pytest.mark.native_cuda_ext
 def test_wrapper_and_stream():
     """_cuda.softmax_fwd runs on the current stream; the result is ready after that stream syncs."""
     x = make_input(64, 4097, torch.bfloat16)
     inv_t, _ = make_inv_t(64, per_row=False)
     s = torch.cuda.Stream()
-    xc = x.cuda()
+    xc = x.to(DEV)
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         y = _cuda.softmax_fwd(xc, None, 0.7)
@@ -285,19 +310,17 @@ def test_wrapper_and_stream():
     assert_rel(y, reference(x, inv_t), TOL[torch.bfloat16])
 
 
-@pytest.mark.gpu
-@pytest.mark.cuda_ext
+@pytest.mark.cuda_kernel
 @pytest.mark.parametrize("per_row", [False, True], ids=["scalar_t", "row_t"])
 def test_opcheck(per_row):
-    x = make_input(3, 1000, torch.float16).cuda()
+    x = make_input(3, 1000, torch.float16).to(DEV)
     _, (inv, inv_temp) = make_inv_t(3, per_row)
     torch.library.opcheck(torch.ops.fastattn.softmax_fwd_cuda.default, (x, inv, inv_temp))
 
 
-@pytest.mark.gpu
-@pytest.mark.cuda_ext
+@pytest.mark.cuda_kernel
 def test_torch_compile_fullgraph():
-    x = make_input(8, 4097, torch.float32).cuda()
+    x = make_input(8, 4097, torch.float32).to(DEV)
 
     def f(x):
         return softmax_op(x * 2, None, 0.5)

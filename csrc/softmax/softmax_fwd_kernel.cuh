@@ -40,6 +40,7 @@
 #include <cstdint>
 
 #include "common/device_utils.cuh"
+#include "common/launch.cuh"
 #include "softmax/softmax_fwd_launch.h"
 
 namespace fastattn {
@@ -224,14 +225,14 @@ cudaError_t launch_regs(const SoftmaxFwdParams& p, cudaStream_t stream) {
   constexpr int kRowsPerBlock = ROW_THREADS < 128 ? 128 / ROW_THREADS : 1;
   const int64_t blocks = (p.rows + kRowsPerBlock - 1) / kRowsPerBlock;
   const dim3 grid(static_cast<unsigned>(blocks < kMaxGridX ? blocks : kMaxGridX));
-  softmax_fwd_regs_kernel<T, ROW_THREADS, K><<<grid, ROW_THREADS * kRowsPerBlock, 0, stream>>>(p);
+  FASTATTN_LAUNCH((softmax_fwd_regs_kernel<T, ROW_THREADS, K>), grid, ROW_THREADS * kRowsPerBlock, 0, stream, p);
   return cudaGetLastError();
 }
 
 template <typename T, int THREADS, int UNROLL>
 cudaError_t launch_two_pass(const SoftmaxFwdParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.rows < kMaxGridX ? p.rows : kMaxGridX));
-  softmax_fwd_two_pass_kernel<T, THREADS, UNROLL><<<grid, THREADS, 0, stream>>>(p);
+  FASTATTN_LAUNCH((softmax_fwd_two_pass_kernel<T, THREADS, UNROLL>), grid, THREADS, 0, stream, p);
   return cudaGetLastError();
 }
 

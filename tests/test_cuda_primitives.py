@@ -1,0 +1,273 @@
+"""Tensor-core and async-copy primitives (csrc/common/{mma,ldmatrix,cp_async}.cuh) against plain matrix products.
+
+The kernels under test are csrc/testing/primitives_test.cu, built into both CUDA builds: on a GPU they run the
+inline PTX, under FASTATTN_CUDA_EMULATE=1 the CPU emulation (fragments exchanged through the warp's scratch
+area, cp.async landing only at its wait_group). The same tests run both ways, so the first GPU run checks the
+emulation against the hardware. Tests of what only the emulation promises (a missing wait reads stale data,
+pending copies are untouched) skip on the GPU, where the outcome of such a race is unspecified.
+
+The fragment layouts themselves and the emulation's cores are also checked by a host C++ program
+(tests/cpp/fragment_layout_test.cpp) that simulates the 32 lanes in a loop; it needs only a C++ compiler.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastattn import _backend, _cuda, _emu
+
+ROOT = Path(__file__).resolve().parents[1]
+EMULATED = _backend.cuda_emulated()
+MMA_DTYPES = (torch.float16, torch.bfloat16)
+DT = {torch.float16: "f16", torch.bfloat16: "bf16"}
+SENTINEL = -12345.0  # kCpAsyncSentinel in csrc/testing/primitives_test.h
+CP_THREADS = 64
+LDMATRIX_MODES = {0: "x4", 1: "x2", 2: "x1", 3: "x4.trans", 4: "x2.trans", 5: "x1.trans"}
+
+# Runs the test kernels: fastattn._C on a GPU, or the emulated build on the CPU (conftest skips centrally).
+kernels = pytest.mark.cuda_kernel
+emulation_only = pytest.mark.skipif(
+    not EMULATED, reason="what a missing wait reads is unspecified on hardware; only the emulation promises it"
+)
+
+
+def device() -> str:
+    return "cpu" if EMULATED else "cuda"
+
+
+def ops():
+    assert _cuda.status() is True, _cuda.status()
+    return torch.ops.fastattn
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def rand(shape, dtype, seed, scale=1.0) -> torch.Tensor:
+    """Fresh random values, rounded to dtype on the CPU, then moved to the kernels' device."""
+    return (torch.randn(shape, generator=gen(seed)) * scale).to(dtype).to(device())
+
+
+def assert_matches_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, what: str):
+    """out (fp32) against a @ b + c in float64 of the same (rounded) inputs.
+
+    Bound: an fp32-accumulated product is off by at most a few fp32 ulps of sum |a_ik b_kj| + |c_ij| per chained
+    mma; 8e-6 of that magnitude covers K <= 256 with room. Non-finite references must match exactly (NaN where
+    the reference is NaN, the same infinity).
+    """
+    a64, b64 = a.cpu().double(), b.cpu().double()
+    c64 = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64) if c is None else c.cpu().double()
+    ref = a64 @ b64 + c64
+    mag = a64.abs() @ b64.abs() + c64.abs()
+    out = out.cpu().double()
+    assert out.shape == ref.shape, what
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{what}: NaN positions differ"
+    assert torch.equal(out[~finite & ~torch.isnan(ref)], ref[~finite & ~torch.isnan(ref)]), f"{what}: infinities differ"
+    err = (out - ref).abs()[finite]
+    bound = (8e-6 * mag + 1e-30)[finite]
+    bad = err > bound
+    if bad.any():
+        idx = torch.nonzero(finite)[bad.nonzero()[0, 0]].tolist()
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {int(finite.sum())} outputs off; first at {idx}: got {out[tuple(idx)].item()}, "
+            f"want {ref[tuple(idx)].item()} (max err / magnitude {float((err / (mag[finite] + 1e-30)).max()):.3g})"
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Host test of the layouts (no kernel build involved)
+# ------------------------------------------------------------------------------------------------------------
+def test_fragment_layouts_host(tmp_path):
+    cxx = os.environ.get("CXX") or "g++"
+    exe = tmp_path / "fragment_layout_test"
+    build = subprocess.run(
+        [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}", f"-isystem{_emu.cuda_include_dir()}",
+         str(ROOT / "tests" / "cpp" / "fragment_layout_test.cpp"), "-o", str(exe)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, f"{cxx} failed:\n{build.stderr}"
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.startswith("OK"), run.stdout + run.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------
+# mma.m16n8k16
+# ------------------------------------------------------------------------------------------------------------
+def special_inputs(dtype):
+    """Mixed magnitudes, zeros of both signs, a subnormal, a NaN in row 3 of a, +inf in column 6 of b."""
+    a = rand((16, 16), torch.float32, 11).cpu()
+    a[0] *= 1e3
+    a[1] *= 1e-3
+    a[2, :4] = torch.tensor([0.0, -0.0, 1.0, -1.0])
+    a[3, 5] = float("nan")
+    a[10, 2] = 3.0e-6 if dtype == torch.float16 else 1.0e-39  # subnormal in f16 / bf16
+    b = rand((16, 8), torch.float32, 12).cpu()
+    b[:, 6] = b[:, 6].abs() + 0.5  # positive column, so +inf in it gives +inf (not inf - inf) where a > 0
+    b[9, 6] = float("inf")
+    a[:, 9] = a[:, 9].abs() + 0.25
+    c = rand((16, 8), torch.float32, 13).cpu()
+    c[5, 1] = -0.0
+    return a.to(dtype).to(device()), b.to(dtype).to(device()), c.to(device())
+
+
+@kernels
+@pytest.mark.parametrize("dtype", MMA_DTYPES, ids=DT.get)
+@pytest.mark.parametrize("case", ["random", "large_c", "special"])
+def test_mma(dtype, case):
+    if case == "special":
+        a, b, c = special_inputs(dtype)
+    else:
+        seed = 1 if case == "random" else 2
+        a = rand((16, 16), dtype, seed, 2.0)
+        b = rand((16, 8), dtype, seed + 100, 2.0)
+        c = rand((16, 8), torch.float32, seed + 200, 1.0 if case == "random" else 1e4)
+    d = ops()._test_mma_cuda(a, b, c)
+    assert d.dtype == torch.float32 and d.device.type == device()
+    assert_matches_product(d, a, b, c, f"mma {DT[dtype]} {case}")
+    if case == "special":
+        assert torch.isnan(d[3]).all(), "a NaN in row 3 of a makes row 3 of d NaN"
+        assert (d[:, 6] == float("inf")).sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ldmatrix x1 / x2 / x4, plain and .trans, feeding mma
+# ------------------------------------------------------------------------------------------------------------
+@kernels
+@pytest.mark.parametrize("dtype", MMA_DTYPES, ids=DT.get)
+@pytest.mark.parametrize("b_mode", sorted(LDMATRIX_MODES), ids=lambda m: "B_" + LDMATRIX_MODES[m])
+@pytest.mark.parametrize("a_mode", sorted(LDMATRIX_MODES), ids=lambda m: "A_" + LDMATRIX_MODES[m])
+def test_ldmatrix_feeds_mma(a_mode, b_mode, dtype):
+    seed = 1000 + 10 * a_mode + b_mode
+    a = rand((16, 16), dtype, seed)
+    b = rand((16, 16), dtype, seed + 1)
+    c = rand((16, 16), torch.float32, seed + 2)
+    d = ops()._test_ldmatrix_cuda(a, b, c, a_mode, b_mode)
+    assert_matches_product(d, a, b, c, f"ldmatrix A {LDMATRIX_MODES[a_mode]}, B {LDMATRIX_MODES[b_mode]}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# cp.async 4 / 8 / 16 bytes, commit / wait ordering, zero fill
+# ------------------------------------------------------------------------------------------------------------
+def cp_async_expected(src: torch.Tensor, nbytes: int) -> torch.Tensor:
+    """Stages 0-3 of the kernel's output (see cp_async_test_kernel): thread i reads thread 63 - i's copy."""
+    f = nbytes // 4
+    s = src.cpu().view(4, CP_THREADS, f)
+    want = s.flip(1).clone()  # position i holds the chunk of thread 63 - i
+    zfill = torch.zeros(CP_THREADS, f)
+    for t in range(CP_THREADS):  # stage 2: thread t copied only its first 4 * (t % (f + 1)) bytes
+        keep = t % (f + 1)
+        zfill[t, :keep] = s[2, t, :keep]
+    want[2] = zfill.flip(0)
+    return want.reshape(4, CP_THREADS * f)
+
+
+def cp_async_src(nbytes: int, seed: int) -> torch.Tensor:
+    return rand((4, CP_THREADS * nbytes // 4), torch.float32, seed) + 5.0  # never the sentinel, never 0
+
+
+@kernels
+@pytest.mark.parametrize("nbytes", [4, 8, 16])
+def test_cp_async(nbytes):
+    src = cp_async_src(nbytes, 40 + nbytes)
+    out = ops()._test_cp_async_cuda(src, nbytes, False).cpu()
+    assert out.shape == (6, CP_THREADS * nbytes // 4)
+    torch.testing.assert_close(out[:4], cp_async_expected(src, nbytes), rtol=0, atol=0)
+    pending_now = out[4:]  # groups not yet waited for when read: untouched in the emulation, racy on hardware
+    landed = cp_async_expected(src, nbytes)[1:3]
+    if EMULATED:
+        assert (pending_now == SENTINEL).all(), "a copy landed before the wait_group that covers it"
+    else:
+        assert ((pending_now == SENTINEL) | (pending_now == landed)).all()
+
+
+@kernels
+@emulation_only
+@pytest.mark.parametrize("nbytes", [4, 8, 16])
+def test_cp_async_missing_wait_reads_stale_data(nbytes):
+    src = cp_async_src(nbytes, 50 + nbytes)
+    out = ops()._test_cp_async_cuda(src, nbytes, True).cpu()
+    want = cp_async_expected(src, nbytes)
+    # Group 0 was waited for; group 1 (read after only wait_group<2>) shows the old contents: the test of
+    # test_cp_async would fail on this output.
+    torch.testing.assert_close(out[0], want[0], rtol=0, atol=0)
+    assert (out[1] == SENTINEL).all()
+    assert not torch.equal(out[:4], want)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A GEMM from the primitives: cp.async -> shared -> ldmatrix (x4, x4.trans) -> mma, two-stage pipeline
+# ------------------------------------------------------------------------------------------------------------
+@kernels
+@pytest.mark.parametrize("dtype", MMA_DTYPES, ids=DT.get)
+@pytest.mark.parametrize("mnk", [(64, 64, 64), (128, 192, 96), (64, 128, 32)], ids=lambda s: "x".join(map(str, s)))
+def test_gemm(mnk, dtype):
+    m, n, k = mnk
+    a = rand((m, k), dtype, 7 + m + k, 1.5)
+    b = rand((k, n), dtype, 8 + n + k, 1.5)
+    c = ops()._test_gemm_cuda(a, b, False)
+    assert c.dtype == torch.float32 and c.shape == (m, n)
+    assert_matches_product(c, a, b, None, f"gemm {m}x{n}x{k} {DT[dtype]}")
+
+
+@kernels
+@pytest.mark.parametrize("dtype", MMA_DTYPES, ids=DT.get)
+def test_gemm_odd_values(dtype):
+    """Rows and columns of very different magnitudes, signed zeros, a NaN (its row of c only) and an inf."""
+    m, n, k = 64, 64, 96
+    a = rand((m, k), torch.float32, 70).cpu()
+    b = rand((k, n), torch.float32, 71).cpu()
+    a[0] *= 300.0
+    a[1] *= 1e-4
+    b[:, 2] *= 1e-3
+    a[4, :8] = -0.0
+    a[5, 40] = float("nan")
+    b[:, 9] = b[:, 9].abs() + 0.1
+    a[:, 77] = a[:, 77].abs() + 0.1
+    b[77, 9] = float("inf")
+    a, b = a.to(dtype).to(device()), b.to(dtype).to(device())
+    c = ops()._test_gemm_cuda(a, b, False)
+    assert_matches_product(c, a, b, None, f"gemm odd values {DT[dtype]}")
+    assert torch.isnan(c[5]).all() and not torch.isnan(c[6]).any()
+
+
+@kernels
+@emulation_only
+@pytest.mark.parametrize("dtype", MMA_DTYPES, ids=DT.get)
+def test_gemm_missing_wait_reads_stale_tile(dtype):
+    """The planted bug (no empty commit group after the last tile, so wait_group<1> leaves the last k tile in
+    flight) computes with the stale contents of that stage: with k = 96 that is k tile 0 again."""
+    m, n, k = 64, 64, 96
+    a = rand((m, k), dtype, 80)
+    b = rand((k, n), dtype, 81)
+    c = ops()._test_gemm_cuda(a, b, True)
+    a64, b64 = a.cpu().double(), b.cpu().double()
+    stale = a64[:, :64] @ b64[:64] + a64[:, :32] @ b64[:32]  # tiles 0, 1, then tile 0 again
+    with pytest.raises(AssertionError):
+        assert_matches_product(c, a, b, None, "planted missing wait")
+    torch.testing.assert_close(c.cpu().double(), stale, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the argument
+# ------------------------------------------------------------------------------------------------------------
+@kernels
+def test_bad_inputs_are_rejected():
+    f16 = rand((16, 16), torch.float16, 1)
+    with pytest.raises(RuntimeError, match="a must be float16 or bfloat16"):
+        ops()._test_mma_cuda(f16.float(), rand((16, 8), torch.float16, 2), rand((16, 8), torch.float32, 3))
+    with pytest.raises(RuntimeError, match="b must be contiguous with shape"):
+        ops()._test_mma_cuda(f16, rand((8, 16), torch.float16, 2), rand((16, 8), torch.float32, 3))
+    with pytest.raises(RuntimeError, match="b must have a's dtype"):
+        ops()._test_mma_cuda(f16, rand((16, 8), torch.bfloat16, 2), rand((16, 8), torch.float32, 3))
+    with pytest.raises(RuntimeError, match="a_mode and b_mode"):
+        ops()._test_ldmatrix_cuda(f16, f16, rand((16, 16), torch.float32, 3), 6, 0)
+    with pytest.raises(RuntimeError, match="bytes must be 4, 8 or 16"):
+        ops()._test_cp_async_cuda(rand((4, 64), torch.float32, 4), 2, False)
+    with pytest.raises(RuntimeError, match="multiples of 64"):
+        ops()._test_gemm_cuda(rand((48, 64), torch.float16, 5), rand((64, 64), torch.float16, 6), False)
