@@ -14,6 +14,8 @@
 #endif
 
 #include <cmath>
+#include <cstdint>
+#include <tuple>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -25,6 +27,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "attention/attn_fwd.h"
 #include "common/dtype.h"
 #include "softmax/softmax_fwd.h"
 #include "testing/primitives_test.h"
@@ -110,6 +113,121 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>
   params.y_row_stride = y.stride(0);
   check_cuda(softmax_fwd(params, dtype, current_stream(x)), op);
   return y;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Attention (csrc/attention/). Inputs are checked here; fastattn/_cuda.py prepares them (alignment copies,
+// bias dtype) so that these checks hold, and its probes turn every other unsupported call into a reason.
+// ---------------------------------------------------------------------------------------------------------
+// A (B, H, S, D) operand as the kernels read it: unit stride along D, other strides multiples of 8 elements
+// and a 16-byte aligned base (cp.async copies 16-byte chunks of rows).
+void check_attn_operand(const at::Tensor& t, const at::Tensor& q, const char* op, const char* name) {
+  TORCH_CHECK(on_kernel_device(t) && t.device() == q.device(), "fastattn::", op, ": ", name, " must be a ",
+              kDeviceWord, " tensor on ", q.device(), ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == q.scalar_type(), "fastattn::", op, ": ", name, " must have q's dtype ",
+              q.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 4, "fastattn::", op, ": ", name, " must be 4-D (B, H, S, D), got shape ", t.sizes());
+  bool ok = t.stride(3) == 1 || t.size(3) <= 1;
+  for (int i = 0; i < 3; ++i) ok = ok && (t.stride(i) % 8 == 0 || t.size(i) <= 1);
+  ok = ok && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  TORCH_CHECK(ok, "fastattn::", op, ": ", name, " must have stride 1 along D, strides that are multiples of 8 "
+              "elements and a 16-byte aligned address, got strides ", t.strides(), "; call .contiguous() first");
+}
+
+// attn_fwd_cuda(q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D), bias?, key_padding_mask? (B, Sk) bool, causal, scale)
+//   -> (out (B, Hq, Sq, D) contiguous in q's dtype, lse (B, Hq, Sq) float32)
+// bias: fp32/fp16/bf16, 4-D, broadcastable to (B, Hq, Sq, Sk) (read through expanded strides, 0 where broadcast).
+at::Tensor check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& q, const char* op,
+                      at::IntArrayRef full) {
+  const at::Tensor& bt = *bias;
+  TORCH_CHECK(on_kernel_device(bt) && bt.device() == q.device(), "fastattn::", op, ": bias must be on ", q.device(),
+              ", got ", bt.device());
+  TORCH_CHECK(bt.scalar_type() == at::kFloat || bt.scalar_type() == at::kHalf || bt.scalar_type() == at::kBFloat16,
+              "fastattn::", op, ": bias must be float32, float16 or bfloat16, got ", bt.scalar_type());
+  TORCH_CHECK(bt.dim() == 4, "fastattn::", op, ": bias must be 4-D, broadcastable to ", full, ", got shape ",
+              bt.sizes());
+  for (int i = 0; i < 4; ++i)
+    TORCH_CHECK(bt.size(i) == full[i] || bt.size(i) == 1, "fastattn::", op, ": bias of shape ", bt.sizes(),
+                " does not broadcast to ", full);
+  return bt.expand(full);
+}
+
+std::tuple<at::Tensor, at::Tensor> attn_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                 const std::optional<at::Tensor>& bias,
+                                                 const std::optional<at::Tensor>& key_padding_mask, bool causal,
+                                                 double scale) {
+  constexpr const char* op = "attn_fwd_cuda";
+  TORCH_CHECK(on_kernel_device(q), "fastattn::", op, ": q must be a ", kDeviceWord, " tensor, got device ",
+              q.device());
+  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastattn::", op,
+              ": q must be float16 or bfloat16, got ", q.scalar_type());
+  check_attn_operand(q, q, op, "q");
+  check_attn_operand(k, q, op, "k");
+  check_attn_operand(v, q, op, "v");
+  const int64_t b = q.size(0), hq = q.size(1), sq = q.size(2), d = q.size(3);
+  const int64_t hkv = k.size(1), sk = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == b && k.size(3) == d, "fastattn::", op,
+              ": k and v must both be (B=", b, ", Hkv, Sk, D=", d, "), got ", k.sizes(), " and ", v.sizes());
+  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "fastattn::", op, ": Hq=", hq, " must be a multiple of Hkv=", hkv);
+  TORCH_CHECK(attn_fwd_supported_head_dim(static_cast<int>(d)), "fastattn::", op, ": head dim ", d,
+              " has no kernel (32, 64, 96, 128, 256)");
+  TORCH_CHECK(b <= 65535 && hq <= 65535, "fastattn::", op, ": batch and heads must be <= 65535, got ", b, " and ", hq);
+  const int64_t full_arr[4] = {b, hq, sq, sk};
+  const at::IntArrayRef full(full_arr, 4);
+  at::Tensor bias_e;
+  if (bias.has_value()) bias_e = check_bias(bias, q, op, full);
+  if (key_padding_mask.has_value()) {
+    const at::Tensor& m = *key_padding_mask;
+    TORCH_CHECK(on_kernel_device(m) && m.device() == q.device() && m.scalar_type() == at::kBool, "fastattn::", op,
+                ": key_padding_mask must be a bool tensor on ", q.device(), ", got ", m.scalar_type(), " on ",
+                m.device());
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == b && m.size(1) == sk && (m.stride(1) == 1 || sk <= 1), "fastattn::",
+                op, ": key_padding_mask must be (B, Sk) = (", b, ", ", sk, ") with stride 1 along Sk, got shape ",
+                m.sizes(), " and strides ", m.strides());
+  }
+
+  at::Tensor out = at::empty({b, hq, sq, d}, q.options());
+  at::Tensor lse = at::empty({b, hq, sq}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {out, lse};
+  if (sk == 0) {  // nothing to attend to
+    out.zero_();
+    lse.fill_(-INFINITY);
+    return {out, lse};
+  }
+
+#if defined(FASTATTN_EMULATE)
+  out.fill_(NAN);  // poisoned: an element the kernel fails to write shows up in the emulated tests
+  lse.fill_(NAN);
+#endif
+  const DeviceGuard guard(q.device());
+  AttnFwdParams p{};
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.bias = bias.has_value() ? bias_e.const_data_ptr() : nullptr;
+  p.bias_dtype = bias.has_value() ? static_cast<int>(to_dtype(bias_e, op, "bias")) : 0;
+  p.key_padding = key_padding_mask.has_value()
+                      ? reinterpret_cast<const uint8_t*>(key_padding_mask->const_data_ptr<bool>()) : nullptr;
+  p.out = out.mutable_data_ptr();
+  p.lse = lse.mutable_data_ptr<float>();
+  p.batch = b;
+  p.heads_q = hq;
+  p.heads_kv = hkv;
+  p.seqlen_q = sq;
+  p.seqlen_k = sk;
+  for (int i = 0; i < 4; ++i) {
+    p.q_stride[i] = q.stride(i);
+    p.k_stride[i] = k.stride(i);
+    p.v_stride[i] = v.stride(i);
+    p.out_stride[i] = out.stride(i);
+    p.bias_stride[i] = bias.has_value() ? bias_e.stride(i) : 0;
+  }
+  p.kpm_stride_b = key_padding_mask.has_value() ? key_padding_mask->stride(0) : 0;
+  for (int i = 0; i < 3; ++i) p.lse_stride[i] = lse.stride(i);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  p.causal = causal;
+  check_cuda(attn_fwd(p, to_dtype(q, op, "q"), static_cast<int>(d), current_stream(q)), op);
+  return {out, lse};
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -213,6 +331,8 @@ at::Tensor test_gemm_cuda(const at::Tensor& a, const at::Tensor& b, bool planted
 TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.set_python_module("fastattn._cuda");  // where the fake kernels live (torch checks register_fake's caller)
   m.def("softmax_fwd_cuda(Tensor x, Tensor? inv_temperature, float inv_temp) -> Tensor");
+  m.def("attn_fwd_cuda(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_padding_mask, bool causal, "
+        "float scale) -> (Tensor, Tensor)");
   // Test kernels of the primitives (tests/test_cuda_primitives.py); no fake kernels, not for tracing.
   m.def("_test_mma_cuda(Tensor a, Tensor b, Tensor c) -> Tensor");
   m.def("_test_ldmatrix_cuda(Tensor a, Tensor b, Tensor c, int a_mode, int b_mode) -> Tensor");
@@ -227,6 +347,7 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
 #endif
 TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("softmax_fwd_cuda", &fastattn::softmax_fwd_cuda);
+  m.impl("attn_fwd_cuda", &fastattn::attn_fwd_cuda);
   m.impl("_test_mma_cuda", &fastattn::test_mma_cuda);
   m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);
   m.impl("_test_cp_async_cuda", &fastattn::test_cp_async_cuda);

@@ -8,8 +8,11 @@ With FASTATTN_CUDA_EMULATE=1 set before fastattn is imported, ``status()`` build
 the emulated build instead (fastattn/_emu.py): the same csrc kernels compiled for the CPU, whose ops have the
 same names and schemas and take CPU tensors. ``build()`` says which one "cuda" is.
 
-Kernel functions here (the set fastattn/ops checks with ``hasattr``):
+Kernel functions here (the set fastattn/ops checks with ``hasattr``), with the signatures of
+fastattn/triton/attention's for attention:
     softmax_fwd(x2d, inv_temperature, inv_temp) -> y2d
+    attention_fwd(q, k, v, bias, key_padding_mask, causal, scale) -> (out, lse)
+    unsupported_attention(q, k, v, bias, key_padding_mask, causal) -> None or a reason (metadata only)
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from torch import Tensor
 from . import _emu
 
 _NOT_BUILT = "extension not built (FASTATTN_BUILD_CUDA=0 or no nvcc at install)"
-_OPS = ("softmax_fwd_cuda",)  # every op csrc/binding.cpp defines; all must be present
+_OPS = ("softmax_fwd_cuda", "attn_fwd_cuda")  # every op csrc/binding.cpp defines; all must be present
 
 _status: "bool | str | None" = None
 _lock = threading.Lock()
@@ -104,6 +107,18 @@ def _register_fakes() -> None:
         # The CUDA kernel always returns a new contiguous tensor (never x's strides).
         return x.new_empty(x.shape)
 
+    @torch.library.register_fake("fastattn::attn_fwd_cuda")
+    def _attn_fwd_cuda_fake(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+                            key_padding_mask: Optional[Tensor], causal: bool, scale: float):
+        torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
+                     lambda: "fastattn::attn_fwd_cuda: q, k and v must be 4-D (B, H, S, D)")
+        torch._check(q.dtype in (torch.float16, torch.bfloat16),
+                     lambda: f"fastattn::attn_fwd_cuda: q must be float16 or bfloat16, got {q.dtype}")
+        torch._check(q.shape[-1] in ATTN_HEAD_DIMS,
+                     lambda: f"fastattn::attn_fwd_cuda: head dim {q.shape[-1]} has no kernel {ATTN_HEAD_DIMS}")
+        b, hq, sq, d = q.shape
+        return q.new_empty((b, hq, sq, d)), q.new_empty((b, hq, sq), dtype=torch.float32)
+
 
 def _require() -> None:
     st = status()
@@ -121,3 +136,75 @@ def softmax_fwd(x2d: Tensor, inv_temperature: Optional[Tensor], inv_temp: float)
     if _status is not True:
         _require()
     return torch.ops.fastattn.softmax_fwd_cuda(x2d, inv_temperature, float(inv_temp))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention (csrc/attention/)
+# ----------------------------------------------------------------------------------------------------------
+
+ATTN_HEAD_DIMS = (32, 64, 96, 128, 256)  # the compiled head dims (csrc/generate.py ATTN_HEAD_DIMS)
+_ATTN_DTYPES = (torch.float16, torch.bfloat16)
+_MAX_GRID_YZ = 65535
+_BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _kernel_device() -> str:
+    return "cpu" if _emu.emulated() else "cuda"
+
+
+def _unsupported_common(q: Tensor, tensors, d: int) -> Optional[str]:
+    if q.dtype not in _ATTN_DTYPES:
+        return (f"dtype {str(q.dtype).replace('torch.', '')} (the CUDA attention kernels take float16 and "
+                "bfloat16 only)")
+    if d not in ATTN_HEAD_DIMS:
+        return f"head dim {d} (the CUDA attention kernels are compiled for {ATTN_HEAD_DIMS})"
+    dev = _kernel_device()
+    if any(t.device.type != dev for t in (q, *tensors)):
+        return f"all tensors must be {dev} tensors for the {'emulated ' if dev == 'cpu' else ''}CUDA kernels"
+    return None
+
+
+def unsupported_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+                          key_padding_mask: Optional[Tensor], causal: bool) -> Optional[str]:
+    """None if the CUDA kernels run this attention call, else a short reason. Shapes, dtypes, devices only."""
+    why = _unsupported_common(q, [t for t in (k, v, bias, key_padding_mask) if t is not None], q.shape[-1])
+    if why is not None:
+        return why
+    if q.shape[0] > _MAX_GRID_YZ or q.shape[1] > _MAX_GRID_YZ:
+        return f"batch or heads > {_MAX_GRID_YZ}"
+    if bias is not None and (bias.dim() != 4 or not bias.is_floating_point()):
+        return "bias must be a 4-D float tensor"
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        return "key_padding_mask must be bool"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias)):
+        return "the CUDA attention backward is not written yet (inputs require grad)"
+    return None
+
+
+def _aligned(t: Tensor) -> Tensor:
+    """t itself when the kernels can read it in place (unit stride along D, other strides multiples of 8 elements,
+    16-byte aligned address), else a contiguous copy."""
+    ok = t.stride(-1) == 1 or t.shape[-1] <= 1
+    ok = ok and all(st % 8 == 0 or n <= 1 for st, n in zip(t.stride()[:-1], t.shape[:-1]))
+    if ok and t.data_ptr() % 16 == 0:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_padding_mask: Optional[Tensor],
+                  causal: bool, scale: float):
+    """(out (B, Hq, Sq, D) in q's dtype, contiguous; lse (B, Hq, Sq) float32): csrc/attention/attn_fwd_kernel.cuh.
+
+    q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D), float16 / bfloat16, any strides: (B, S, H, D) views transposed to
+    (B, H, S, D) are read in place; a tensor whose strides or address cp.async cannot read is copied first.
+    bias: 4-D, broadcastable to (B, Hq, Sq, Sk), read through its expanded (stride 0) view; a float64 bias is
+    converted to float32. key_padding_mask: bool (B, Sk), True = real key.
+    """
+    if _status is not True:
+        _require()
+    q, k, v = _aligned(q), _aligned(k), _aligned(v)
+    if bias is not None and bias.dtype not in _BIAS_DTYPES:
+        bias = bias.to(torch.float32)
+    if key_padding_mask is not None and key_padding_mask.shape[-1] > 1 and key_padding_mask.stride(-1) != 1:
+        key_padding_mask = key_padding_mask.contiguous()
+    return torch.ops.fastattn.attn_fwd_cuda(q, k, v, bias, key_padding_mask, bool(causal), float(scale))

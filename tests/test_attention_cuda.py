@@ -1,0 +1,276 @@
+"""CUDA C++ attention kernels (csrc/attention/) against the float64 reference, through the public API
+(backend="cuda") and fastattn._cuda's launchers.
+
+Without a GPU the kernels run in the emulated build (FASTATTN_CUDA_EMULATE=1, set by conftest): the same csrc
+sources compiled for the CPU, each CUDA thread a fiber, the tensor-core primitives emulated by their PTX fragment
+layouts. Emulation is slow, so the cases here are tiny and odd-sized (S <= 80, D in {32, 64} and one case of each
+larger head dim); outputs are filled with NaN by the emulated binding before the kernel runs (poisoned), so an
+element the kernel fails to write fails the test. The gpu-marked cases are larger and hold the kernels to
+FlashAttention's rule (error <= 2x PyTorch's own low-precision error against float64).
+"""
+import math
+
+import pytest
+import torch
+
+import fastattn
+from fastattn import _backend, _cuda, reference
+from _utils import HAS_GPU, REL_TOL, assert_rel, rel_err, randn
+
+pytestmark = pytest.mark.cuda_kernel
+
+EMULATED = _backend.cuda_emulated()
+DEV = "cpu" if EMULATED else "cuda"
+LOWP = (torch.float16, torch.bfloat16)
+DT_IDS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def _inputs(b, hq, hkv, sq, sk, d, dtype, seed=0, bshd=False):
+    """q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D); with bshd, (B, S, H, D) tensors transposed: strided views."""
+    def make(h, s, sd):
+        if bshd:
+            return randn(b, s, h, d, dtype=dtype, device=DEV, seed=sd).transpose(1, 2)
+        return randn(b, h, s, d, dtype=dtype, device=DEV, seed=sd)
+    return make(hq, sq, seed), make(hkv, sk, seed + 1), make(hkv, sk, seed + 2)
+
+
+def _ref(q, k, v, *, causal, scale, bias=None, kpm=None):
+    f = lambda t: None if t is None else t.double()  # noqa: E731
+    return reference.attention(f(q), f(k), f(v), causal=causal, scale=scale, bias=f(bias), key_padding_mask=kpm)
+
+
+def _lowp_attention(q, k, v, *, causal, scale, bias=None, kpm=None):
+    """PyTorch's attention in the input dtype: the baseline error of FlashAttention's rule (GPU cases)."""
+    hq = q.shape[1]
+    k = k.repeat_interleave(hq // k.shape[1], dim=1)
+    v = v.repeat_interleave(hq // v.shape[1], dim=1)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias.to(s.dtype)
+    mask = reference.attention_mask(q.shape[2], k.shape[2], causal, kpm, q.device)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    if mask is not None:
+        p = p.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+    return torch.matmul(p, v)
+
+
+def _assert_lse(got, want, tol=2e-3):
+    """lse: -inf exactly where the reference has it (rows with nothing to attend to), close elsewhere."""
+    want = want.to(got.device)
+    empty = torch.isneginf(want)
+    assert torch.equal(torch.isneginf(got), empty), "lse: -inf rows differ from the reference"
+    assert_rel(got.masked_fill(empty, 0.0), want.masked_fill(empty, 0.0), tol, "lse")
+
+
+def _check_out(out, ref, lowp, dtype):
+    if lowp is None:
+        assert_rel(out, ref, REL_TOL[dtype], "out")
+        return
+    budget = 2.0 * rel_err(lowp, ref) + REL_TOL[dtype] / 10
+    assert_rel(out, ref, budget, "out (FlashAttention rule, 2x PyTorch's low-precision error)")
+
+
+def _run_fwd(b, hq, hkv, sq, sk, d, dtype, *, causal=False, scale=None, bias_shape=None, bias_dtype=None, kpm=None,
+             bshd=False, seed=0):
+    q, k, v = _inputs(b, hq, hkv, sq, sk, d, dtype, seed=seed, bshd=bshd)
+    bias = None
+    if bias_shape is not None:
+        bias = randn(*bias_shape, dtype=bias_dtype or dtype, device=DEV, seed=seed + 7)
+    scale_v = 1.0 / math.sqrt(d) if scale is None else scale
+    out, lse = fastattn.attention(q, k, v, causal=causal, scale=scale, bias=bias, key_padding_mask=kpm,
+                                  return_lse=True, backend="cuda")
+    assert out.shape == (b, hq, sq, d) and out.dtype == dtype and out.device.type == DEV
+    assert lse.shape == (b, hq, sq) and lse.dtype == torch.float32
+    ref_out, ref_lse = _ref(q, k, v, causal=causal, scale=scale_v, bias=bias, kpm=kpm)
+    lowp = None
+    if HAS_GPU and not EMULATED:
+        lowp = _lowp_attention(q, k, v, causal=causal, scale=scale_v, bias=bias, kpm=kpm)
+    _check_out(out, ref_out, lowp, dtype)
+    _assert_lse(lse, ref_lse)
+    return out, lse
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Forward: tiny odd sizes (emulated on the CPU; also run on a GPU)
+# ----------------------------------------------------------------------------------------------------------
+
+# (B, Hq, Hkv, Sq, Sk, D, causal): GQA, MQA, Sq != Sk both ways, causal rows that see no key (Sq > Sk), several
+# query tiles (64 rows) and key blocks (64 keys, 32 at D = 256), ragged edges.
+CASES = {
+    "mha-sq5-sk37-d32": (2, 2, 2, 5, 37, 32, False),
+    "gqa4:2-causal-sq17<sk70-d64": (1, 4, 2, 17, 70, 64, True),
+    "mqa3:1-causal-sq75>sk29-d32": (1, 3, 1, 75, 29, 32, True),
+    "gqa4:2-sq66>sk20-d64": (1, 4, 2, 66, 20, 64, False),
+    "causal-sq1-sk1-d64": (2, 1, 1, 1, 1, 64, True),
+    "causal-sq80-sk80-d32": (1, 1, 1, 80, 80, 32, True),
+}
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=DT_IDS.get)
+@pytest.mark.parametrize("case", list(CASES), ids=str)
+def test_forward(case, dtype):
+    b, hq, hkv, sq, sk, d, causal = CASES[case]
+    out, lse = _run_fwd(b, hq, hkv, sq, sk, d, dtype, causal=causal, seed=sq + sk)
+    if causal and sq > sk:  # rows i < Sq - Sk see no key: exactly zero, lse -inf
+        assert (out[:, :, : sq - sk] == 0).all() and torch.isneginf(lse[:, :, : sq - sk]).all()
+
+
+@pytest.mark.parametrize("d,causal,dtype", [(96, True, torch.float16), (128, False, torch.bfloat16),
+                                            (128, True, torch.float16), (256, True, torch.bfloat16)],
+                         ids=["d96-causal-fp16", "d128-bf16", "d128-causal-fp16", "d256-causal-bf16"])
+def test_forward_head_dims(d, causal, dtype):
+    _run_fwd(1, 2, 1, 19, 41, d, dtype, causal=causal, seed=d)
+
+
+@pytest.mark.parametrize("bias_shape", ["1,H,Sq,Sk", "B,1,1,Sk", "1,1,Sq,Sk", "B,H,Sq,Sk", "B,H,1,Sk"], ids=str)
+def test_bias_broadcast(bias_shape):
+    b, hq, hkv, sq, sk, d = 2, 4, 2, 11, 21, 32
+    sizes = {"B": b, "H": hq, "Sq": sq, "Sk": sk, "1": 1}
+    shape = tuple(sizes[s] for s in bias_shape.split(","))
+    _run_fwd(b, hq, hkv, sq, sk, d, torch.float16, causal=bias_shape.startswith("B"), bias_shape=shape, seed=11)
+
+
+@pytest.mark.parametrize("bias_dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["f32", "bf16", "f64"])
+def test_bias_dtypes(bias_dtype):
+    """A bias of another float dtype than q: read as it is (fp32 / fp16 / bf16), float64 converted to fp32."""
+    _run_fwd(1, 2, 2, 9, 13, 32, torch.float16, bias_shape=(1, 2, 9, 13), bias_dtype=bias_dtype, seed=12)
+
+
+def test_bias_expanded_view_stride0():
+    """An explicitly expanded bias (strides 0 along B, H and Sq) through the launcher."""
+    q, k, v = _inputs(2, 2, 1, 7, 30, 32, torch.bfloat16, seed=14)
+    bias = randn(1, 1, 1, 30, device=DEV, seed=15).expand(2, 2, 7, 30)
+    assert bias.stride()[:3] == (0, 0, 0)
+    out, lse = _cuda.attention_fwd(q, k, v, bias, None, False, 0.3)
+    ref_out, ref_lse = _ref(q, k, v, causal=False, scale=0.3, bias=bias)
+    assert_rel(out, ref_out, REL_TOL[torch.bfloat16])
+    _assert_lse(lse, ref_lse)
+
+
+def test_key_padding_mask_with_fully_padded_row():
+    b, hq, hkv, sq, sk, d = 3, 2, 1, 9, 70, 32
+    kpm = torch.rand(b, sk, generator=torch.Generator().manual_seed(0)) > 0.4
+    kpm[1] = False  # batch row 1: every key is padding
+    kpm = kpm.to(DEV)
+    out, lse = _run_fwd(b, hq, hkv, sq, sk, d, torch.float16, kpm=kpm, bias_shape=(1, hq, sq, sk), seed=13)
+    assert (out[1] == 0).all() and torch.isneginf(lse[1]).all()
+
+
+def test_minus_inf_bias_row_gives_zeros():
+    q, k, v = _inputs(1, 2, 2, 6, 11, 32, torch.float16, seed=16)
+    bias = torch.zeros(1, 1, 6, 11, device=DEV)
+    bias[0, 0, 3] = float("-inf")
+    out, lse = fastattn.attention(q, k, v, bias=bias, return_lse=True, backend="cuda")
+    ref_out, ref_lse = _ref(q, k, v, causal=False, scale=1 / math.sqrt(32), bias=bias)
+    assert (out[:, :, 3] == 0).all() and torch.isneginf(lse[:, :, 3]).all()
+    assert_rel(out, ref_out, REL_TOL[torch.float16])
+    _assert_lse(lse, ref_lse)
+
+
+def test_custom_scale_bf16_with_everything():
+    kpm = torch.ones(2, 29, dtype=torch.bool, device=DEV)
+    kpm[0, 20:] = False
+    _run_fwd(2, 4, 2, 7, 29, 64, torch.bfloat16, causal=True, scale=0.37, bias_shape=(2, 1, 1, 29), kpm=kpm, seed=17)
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=DT_IDS.get)
+def test_noncontiguous_bshd_inputs(dtype):
+    """(B, S, H, D) tensors viewed as (B, H, S, D): read in place (no copy) through strides."""
+    q, k, v = _inputs(2, 4, 2, 13, 18, 32, dtype, seed=19, bshd=True)
+    assert not q.is_contiguous() and _cuda._aligned(q) is q and _cuda._aligned(k) is k
+    _run_fwd(2, 4, 2, 13, 18, 32, dtype, causal=True, bshd=True, bias_shape=(1, 4, 13, 18), seed=19)
+
+
+def test_unaligned_views_are_copied():
+    """A view whose row stride is not a multiple of 8 elements, or a misaligned base: copied, still right."""
+    base = randn(1, 2, 10, 40, dtype=torch.float16, device=DEV, seed=23)
+    q = base[..., 3:35]  # D = 32, address offset 6 bytes, row stride 40
+    k = randn(1, 2, 12, 33, dtype=torch.float16, device=DEV, seed=24)[..., :32]  # row stride 33
+    v = randn(1, 2, 12, 32, dtype=torch.float16, device=DEV, seed=25)
+    assert _cuda._aligned(q) is not q and _cuda._aligned(k) is not k and _cuda._aligned(v) is v
+    out, lse = _cuda.attention_fwd(q, k, v, None, None, True, 0.2)
+    ref_out, ref_lse = _ref(q, k, v, causal=True, scale=0.2)
+    assert_rel(out, ref_out, REL_TOL[torch.float16])
+    _assert_lse(lse, ref_lse)
+
+
+def test_nan_in_nan_out_and_masked_nan_does_not_leak():
+    q, k, v = _inputs(1, 2, 1, 9, 20, 32, torch.float16, seed=29)
+    q[0, 0, 2] = float("nan")    # one query row: that row only becomes NaN
+    k[0, 0, 19] = float("nan")   # the last key: causal rows that cannot see it stay finite
+    out, lse = fastattn.attention(q, k, v, causal=True, return_lse=True, backend="cuda")
+    ref_out, ref_lse = _ref(q, k, v, causal=True, scale=1 / math.sqrt(32))
+    assert torch.isnan(out[0, 0, 2]).all() and torch.isnan(out[0, :, 8]).all()
+    assert torch.isfinite(out[0, 1, :8]).all()
+    assert_rel(out, ref_out, REL_TOL[torch.float16])  # rel_err also demands the same NaN positions
+    assert torch.isnan(lse[0, 0, 2]) and torch.isnan(lse[0, :, 8]).all()
+
+
+def test_empty():
+    for b, sq, sk in ((0, 4, 5), (1, 0, 5), (1, 4, 0)):
+        q, k, v = _inputs(b, 2, 1, sq, sk, 32, torch.float16)
+        out, lse = fastattn.attention(q, k, v, return_lse=True, backend="cuda")
+        assert out.shape == (b, 2, sq, 32) and lse.shape == (b, 2, sq)
+        assert (out == 0).all() and torch.isneginf(lse).all()
+
+
+def test_unsupported_reasons_and_auto():
+    """Calls the kernels cannot take get a reason from the probe (metadata only), so "auto" moves on and
+    backend="cuda" raises BackendUnavailable naming it."""
+    q, k, v = _inputs(1, 2, 1, 4, 5, 32, torch.float16)
+    assert _cuda.unsupported_attention(q, k, v, None, None, False) is None
+    assert "float32" in _cuda.unsupported_attention(q.float(), k.float(), v.float(), None, None, False)
+    q48 = torch.zeros(1, 2, 4, 48, dtype=torch.float16, device=DEV)
+    assert "head dim 48" in _cuda.unsupported_attention(q48, q48, q48, None, None, False)
+    with pytest.raises(fastattn.BackendUnavailable, match="float32"):
+        fastattn.attention(q.float(), k.float(), v.float(), backend="cuda")
+    with pytest.raises(fastattn.BackendUnavailable, match="head dim 48"):
+        fastattn.attention(q48, q48, q48, backend="cuda")
+    assert "head dim" in _cuda.unsupported_attention(q48, q48, q48, None, None, False)
+
+
+def test_binding_rejects_bad_inputs():
+    q, k, v = _inputs(1, 2, 1, 4, 5, 32, torch.float16)
+    op = torch.ops.fastattn.attn_fwd_cuda
+    with pytest.raises(RuntimeError, match="head dim 48"):
+        z = torch.zeros(1, 2, 4, 48, dtype=torch.float16, device=DEV)
+        op(z, z, z, None, None, False, 1.0)
+    with pytest.raises(RuntimeError, match="k's dtype|q's dtype"):
+        op(q, k.bfloat16(), v, None, None, False, 1.0)
+    with pytest.raises(RuntimeError, match="stride 1 along D"):
+        op(q, randn(1, 1, 5, 33, dtype=torch.float16, device=DEV)[..., :32], v, None, None, False, 1.0)
+    with pytest.raises(RuntimeError, match="does not broadcast"):
+        op(q, k, v, torch.zeros(1, 3, 4, 5, device=DEV), None, False, 1.0)
+
+
+def test_opcheck_attn_fwd_cuda():
+    q, k, v = _inputs(1, 2, 1, 4, 5, 32, torch.float16, seed=37)
+    torch.library.opcheck(torch.ops.fastattn.attn_fwd_cuda.default, (q, k, v, None, None, True, 0.5),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GPU: larger sizes, FlashAttention's rule
+# ----------------------------------------------------------------------------------------------------------
+
+GPU_SHAPES = [(113, 203), (1023, 1024), (512, 256)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [32, 64, 96, 128, 256])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("sq,sk", GPU_SHAPES, ids=lambda s: str(s))
+@pytest.mark.parametrize("dtype", LOWP, ids=DT_IDS.get)
+def test_gpu_forward(sq, sk, causal, d, dtype):
+    _run_fwd(2, 4, 2, sq, sk, d, dtype, causal=causal, seed=sq + sk + d)
+
+
+@pytest.mark.gpu
+def test_gpu_forward_bias_kpm_bshd():
+    kpm = torch.rand(2, 300, generator=torch.Generator().manual_seed(1)) > 0.2
+    kpm[1, :] = False
+    kpm = kpm.to(DEV)
+    _run_fwd(2, 4, 2, 257, 300, 64, torch.bfloat16, causal=True, bias_shape=(2, 4, 257, 300), kpm=kpm, seed=51)
+    _run_fwd(2, 4, 2, 257, 300, 128, torch.float16, bias_shape=(2, 1, 1, 300), kpm=kpm, bshd=True, seed=52)
