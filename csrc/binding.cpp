@@ -27,6 +27,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "attention/attn_bwd.h"
 #include "attention/attn_fwd.h"
 #include "common/dtype.h"
 #include "softmax/softmax_fwd.h"
@@ -230,6 +231,104 @@ std::tuple<at::Tensor, at::Tensor> attn_fwd_cuda(const at::Tensor& q, const at::
   return {out, lse};
 }
 
+// attn_bwd_cuda(dout, q, k, v, out, lse, bias?, key_padding_mask?, causal, scale, bias_requires_grad)
+//   -> (dq (B, Hq, Sq, D), dk, dv (B, Hkv, Sk, D) contiguous in the inputs' dtype,
+//       dbias: fp32 (B, Hq, Sq, Sk) holding dS when bias_requires_grad (the caller sums broadcast dims), else (0,))
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd_cuda(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_padding_mask,
+    bool causal, double scale, bool bias_requires_grad) {
+  constexpr const char* op = "attn_bwd_cuda";
+  TORCH_CHECK(on_kernel_device(q), "fastattn::", op, ": q must be a ", kDeviceWord, " tensor, got device ",
+              q.device());
+  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastattn::", op,
+              ": q must be float16 or bfloat16, got ", q.scalar_type());
+  check_attn_operand(q, q, op, "q");
+  check_attn_operand(k, q, op, "k");
+  check_attn_operand(v, q, op, "v");
+  check_attn_operand(out, q, op, "out");
+  check_attn_operand(dout, q, op, "dout");
+  const int64_t b = q.size(0), hq = q.size(1), sq = q.size(2), d = q.size(3);
+  const int64_t hkv = k.size(1), sk = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == b && k.size(3) == d, "fastattn::", op,
+              ": k and v must both be (B=", b, ", Hkv, Sk, D=", d, "), got ", k.sizes(), " and ", v.sizes());
+  TORCH_CHECK(out.sizes() == q.sizes() && dout.sizes() == q.sizes(), "fastattn::", op,
+              ": out and dout must have q's shape ", q.sizes(), ", got ", out.sizes(), " and ", dout.sizes());
+  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "fastattn::", op, ": Hq=", hq, " must be a multiple of Hkv=", hkv);
+  TORCH_CHECK(attn_bwd_supported_head_dim(static_cast<int>(d)), "fastattn::", op, ": head dim ", d,
+              " has no backward kernel (32, 64, 96, 128)");
+  TORCH_CHECK(b <= 65535 && hq <= 65535, "fastattn::", op, ": batch and heads must be <= 65535, got ", b, " and ", hq);
+  TORCH_CHECK(on_kernel_device(lse) && lse.device() == q.device() && lse.scalar_type() == at::kFloat &&
+                  lse.dim() == 3 && lse.size(0) == b && lse.size(1) == hq && lse.size(2) == sq,
+              "fastattn::", op, ": lse must be float32 (B, Hq, Sq) on ", q.device(), ", got ", lse.scalar_type(),
+              " ", lse.sizes());
+  const int64_t full_arr[4] = {b, hq, sq, sk};
+  const at::IntArrayRef full(full_arr, 4);
+  at::Tensor bias_e;
+  if (bias.has_value()) bias_e = check_bias(bias, q, op, full);
+  TORCH_CHECK(!bias_requires_grad || bias.has_value(), "fastattn::", op, ": bias_requires_grad without a bias");
+  if (key_padding_mask.has_value()) {
+    const at::Tensor& m = *key_padding_mask;
+    TORCH_CHECK(on_kernel_device(m) && m.device() == q.device() && m.scalar_type() == at::kBool && m.dim() == 2 &&
+                    m.size(0) == b && m.size(1) == sk && (m.stride(1) == 1 || sk <= 1),
+                "fastattn::", op, ": key_padding_mask must be a bool (B, Sk) tensor with stride 1 along Sk");
+  }
+
+  at::Tensor dq = at::empty({b, hq, sq, d}, q.options());
+  at::Tensor dk = at::empty({b, hkv, sk, d}, q.options());
+  at::Tensor dv = at::empty({b, hkv, sk, d}, q.options());
+  at::Tensor dbias = bias_requires_grad ? at::empty({b, hq, sq, sk}, q.options().dtype(at::kFloat))
+                                        : at::empty({0}, q.options().dtype(at::kFloat));
+  if (q.numel() == 0 || k.numel() == 0) {  // no score at all: every gradient is 0
+    dq.zero_();
+    dk.zero_();
+    dv.zero_();
+    dbias.zero_();
+    return {dq, dk, dv, dbias};
+  }
+  at::Tensor delta = at::empty({b, hq, sq}, q.options().dtype(at::kFloat));
+#if defined(FASTATTN_EMULATE)
+  for (at::Tensor* t : {&dq, &dk, &dv, &dbias, &delta}) t->fill_(NAN);  // poisoned (see attn_fwd_cuda)
+#endif
+  const DeviceGuard guard(q.device());
+  AttnBwdParams p{};
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.out = out.const_data_ptr();
+  p.dout = dout.const_data_ptr();
+  p.lse = lse.const_data_ptr<float>();
+  p.bias = bias.has_value() ? bias_e.const_data_ptr() : nullptr;
+  p.bias_dtype = bias.has_value() ? static_cast<int>(to_dtype(bias_e, op, "bias")) : 0;
+  p.key_padding = key_padding_mask.has_value()
+                      ? reinterpret_cast<const uint8_t*>(key_padding_mask->const_data_ptr<bool>()) : nullptr;
+  p.delta = delta.mutable_data_ptr<float>();
+  p.dq = dq.mutable_data_ptr();
+  p.dk = dk.mutable_data_ptr();
+  p.dv = dv.mutable_data_ptr();
+  p.dbias = bias_requires_grad ? dbias.mutable_data_ptr<float>() : nullptr;
+  p.batch = b;
+  p.heads_q = hq;
+  p.heads_kv = hkv;
+  p.seqlen_q = sq;
+  p.seqlen_k = sk;
+  for (int i = 0; i < 4; ++i) {
+    p.q_stride[i] = q.stride(i);
+    p.k_stride[i] = k.stride(i);
+    p.v_stride[i] = v.stride(i);
+    p.out_stride[i] = out.stride(i);
+    p.dout_stride[i] = dout.stride(i);
+    p.bias_stride[i] = bias.has_value() ? bias_e.stride(i) : 0;
+  }
+  p.kpm_stride_b = key_padding_mask.has_value() ? key_padding_mask->stride(0) : 0;
+  for (int i = 0; i < 3; ++i) p.lse_stride[i] = lse.stride(i);
+  p.scale = static_cast<float>(scale);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  p.causal = causal;
+  check_cuda(attn_bwd(p, to_dtype(q, op, "q"), static_cast<int>(d), current_stream(q)), op);
+  return {dq, dk, dv, dbias};
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Test kernels of the tensor-core and async-copy primitives (csrc/testing/primitives_test.h), called by
 // tests/test_cuda_primitives.py only. Outputs are filled with NaN before the kernel writes them.
@@ -333,6 +432,9 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.def("softmax_fwd_cuda(Tensor x, Tensor? inv_temperature, float inv_temp) -> Tensor");
   m.def("attn_fwd_cuda(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_padding_mask, bool causal, "
         "float scale) -> (Tensor, Tensor)");
+  m.def("attn_bwd_cuda(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? bias, "
+        "Tensor? key_padding_mask, bool causal, float scale, bool bias_requires_grad) -> (Tensor, Tensor, Tensor, "
+        "Tensor)");
   // Test kernels of the primitives (tests/test_cuda_primitives.py); no fake kernels, not for tracing.
   m.def("_test_mma_cuda(Tensor a, Tensor b, Tensor c) -> Tensor");
   m.def("_test_ldmatrix_cuda(Tensor a, Tensor b, Tensor c, int a_mode, int b_mode) -> Tensor");
@@ -348,6 +450,7 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
 TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("softmax_fwd_cuda", &fastattn::softmax_fwd_cuda);
   m.impl("attn_fwd_cuda", &fastattn::attn_fwd_cuda);
+  m.impl("attn_bwd_cuda", &fastattn::attn_bwd_cuda);
   m.impl("_test_mma_cuda", &fastattn::test_mma_cuda);
   m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);
   m.impl("_test_cp_async_cuda", &fastattn::test_cp_async_cuda);

@@ -12,6 +12,8 @@ Kernel functions here (the set fastattn/ops checks with ``hasattr``), with the s
 fastattn/triton/attention's for attention:
     softmax_fwd(x2d, inv_temperature, inv_temp) -> y2d
     attention_fwd(q, k, v, bias, key_padding_mask, causal, scale) -> (out, lse)
+    attention_bwd(dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad)
+        -> (dq, dk, dv, dbias or None)
     unsupported_attention(q, k, v, bias, key_padding_mask, causal) -> None or a reason (metadata only)
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import Tensor
 from . import _emu
 
 _NOT_BUILT = "extension not built (FASTATTN_BUILD_CUDA=0 or no nvcc at install)"
-_OPS = ("softmax_fwd_cuda", "attn_fwd_cuda")  # every op csrc/binding.cpp defines; all must be present
+_OPS = ("softmax_fwd_cuda", "attn_fwd_cuda", "attn_bwd_cuda")  # every op csrc/binding.cpp defines; all must be present
 
 _status: "bool | str | None" = None
 _lock = threading.Lock()
@@ -119,6 +121,18 @@ def _register_fakes() -> None:
         b, hq, sq, d = q.shape
         return q.new_empty((b, hq, sq, d)), q.new_empty((b, hq, sq), dtype=torch.float32)
 
+    @torch.library.register_fake("fastattn::attn_bwd_cuda")
+    def _attn_bwd_cuda_fake(dout, q, k, v, out, lse, bias, key_padding_mask, causal: bool, scale: float,
+                            bias_requires_grad: bool):
+        torch._check(q.dtype in (torch.float16, torch.bfloat16),
+                     lambda: f"fastattn::attn_bwd_cuda: q must be float16 or bfloat16, got {q.dtype}")
+        torch._check(q.shape[-1] in ATTN_BWD_HEAD_DIMS,
+                     lambda: f"fastattn::attn_bwd_cuda: head dim {q.shape[-1]} has no backward {ATTN_BWD_HEAD_DIMS}")
+        b, hq, sq, _ = q.shape
+        dbias = (q.new_empty((b, hq, sq, k.shape[2]), dtype=torch.float32) if bias_requires_grad
+                 else q.new_empty((0,), dtype=torch.float32))
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
+
 
 def _require() -> None:
     st = status()
@@ -143,6 +157,7 @@ def softmax_fwd(x2d: Tensor, inv_temperature: Optional[Tensor], inv_temp: float)
 # ----------------------------------------------------------------------------------------------------------
 
 ATTN_HEAD_DIMS = (32, 64, 96, 128, 256)  # the compiled head dims (csrc/generate.py ATTN_HEAD_DIMS)
+ATTN_BWD_HEAD_DIMS = (32, 64, 96, 128)  # with a backward (csrc/generate.py ATTN_BWD_HEAD_DIMS)
 _ATTN_DTYPES = (torch.float16, torch.bfloat16)
 _MAX_GRID_YZ = 65535
 _BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -176,8 +191,10 @@ def unsupported_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor
         return "bias must be a 4-D float tensor"
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         return "key_padding_mask must be bool"
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias)):
-        return "the CUDA attention backward is not written yet (inputs require grad)"
+    if q.shape[-1] not in ATTN_BWD_HEAD_DIMS and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, bias)):
+        return (f"head dim {q.shape[-1]} with inputs that require grad (the CUDA attention backward is compiled "
+                f"for {ATTN_BWD_HEAD_DIMS})")
     return None
 
 
@@ -208,3 +225,30 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_p
     if key_padding_mask is not None and key_padding_mask.shape[-1] > 1 and key_padding_mask.stride(-1) != 1:
         key_padding_mask = key_padding_mask.contiguous()
     return torch.ops.fastattn.attn_fwd_cuda(q, k, v, bias, key_padding_mask, bool(causal), float(scale))
+
+
+def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, bias: Optional[Tensor],
+                  key_padding_mask: Optional[Tensor], causal: bool, scale: float, bias_requires_grad: bool):
+    """(dq, dk, dv, dbias or None): contiguous, in the inputs' shapes and dtype; dbias in bias's shape and dtype.
+
+    csrc/attention/attn_bwd_kernel.cuh: delta = rowsum(dout * out), then a dK/dV kernel (key blocks, the GQA
+    group looped inside) and a dQ kernel, P recomputed from lse; deterministic, no atomics. dbias: the dK/dV
+    kernel writes dS into a float32 (B, Hq, Sq, Sk) buffer, summed here over bias's broadcast dims.
+    """
+    if _status is not True:
+        _require()
+    dout = dout.to(q.dtype)
+    q, k, v, out, dout = _aligned(q), _aligned(k), _aligned(v), _aligned(out), _aligned(dout)
+    want_dbias = bias is not None and bias_requires_grad
+    bias_k = bias
+    if bias_k is not None and bias_k.dtype not in _BIAS_DTYPES:
+        bias_k = bias_k.to(torch.float32)
+    if key_padding_mask is not None and key_padding_mask.shape[-1] > 1 and key_padding_mask.stride(-1) != 1:
+        key_padding_mask = key_padding_mask.contiguous()
+    dq, dk, dv, db = torch.ops.fastattn.attn_bwd_cuda(dout, q, k, v, out, lse.contiguous(), bias_k,
+                                                      key_padding_mask, bool(causal), float(scale), want_dbias)
+    dbias = None
+    if want_dbias:
+        dims = tuple(i for i, n in enumerate(bias.shape) if n == 1 and db.shape[i] != 1)
+        dbias = (db.sum(dim=dims, keepdim=True) if dims else db).to(bias.dtype)
+    return dq, dk, dv, dbias

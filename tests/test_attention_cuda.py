@@ -252,6 +252,105 @@ def test_opcheck_attn_fwd_cuda():
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------------------
+
+def _f64(t):
+    if t is None or not t.is_floating_point():
+        return t
+    return t.detach().double().requires_grad_(t.requires_grad)
+
+
+def _run_bwd(b, hq, hkv, sq, sk, d, dtype, *, causal=False, scale=None, bias_shape=None, kpm=None, bshd=False,
+             seed=0):
+    """Forward + backward through fastattn.attention(backend="cuda") against float64 autograd of the reference.
+    Gradient budget: FlashAttention's rule, 3x the error of PyTorch's own attention computed in the input dtype
+    (on the CPU too: P and dS are rounded to fp16/bf16 before their products, as on the GPU), plus a floor."""
+    q, k, v = _inputs(b, hq, hkv, sq, sk, d, dtype, seed=seed, bshd=bshd)
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    bias = None
+    if bias_shape is not None:
+        bias = randn(*bias_shape, dtype=dtype, device=DEV, seed=seed + 7, requires_grad=True)
+    scale_v = 1.0 / math.sqrt(d) if scale is None else scale
+    out = fastattn.attention(q, k, v, causal=causal, scale=scale, bias=bias, key_padding_mask=kpm, backend="cuda")
+    dout = randn(b, hq, sq, d, dtype=dtype, device=DEV, seed=seed + 9)
+    leaves = [t for t in (q, k, v, bias) if t is not None]
+    got = torch.autograd.grad(out, leaves, dout)
+    r64 = [_f64(t) for t in leaves]
+    ref_out, _ = reference.attention(*r64[:3], causal=causal, scale=scale_v, bias=r64[3] if bias is not None else None,
+                                     key_padding_mask=kpm)
+    want = torch.autograd.grad(ref_out, r64, dout.double())
+    lp = [t.detach().requires_grad_(True) for t in leaves]
+    lowp_out = _lowp_attention(*lp[:3], causal=causal, scale=scale_v, bias=lp[3] if bias is not None else None,
+                               kpm=kpm)
+    lowp = torch.autograd.grad(lowp_out, lp, dout)
+    for name, g, w, l in zip(("dq", "dk", "dv", "dbias"), got, want, lowp):
+        assert g.shape == w.shape and g.dtype == dtype, name
+        budget = 3.0 * rel_err(l, w) + REL_TOL[dtype] / 10
+        assert_rel(g, w, budget, f"{name} (3x PyTorch {DT_IDS[dtype]} err {rel_err(l, w):.3g})")
+    return got
+
+
+BWD_CASES = {
+    "mha-sq5-sk37-d32": (2, 2, 2, 5, 37, 32, False),
+    "gqa4:2-causal-sq17<sk70-d64": (1, 4, 2, 17, 70, 64, True),
+    "mqa3:1-causal-sq75>sk29-d32": (1, 3, 1, 75, 29, 32, True),
+    "gqa4:2-sq66>sk20-d64": (1, 4, 2, 66, 20, 64, False),
+}
+
+
+@pytest.mark.parametrize("case", list(BWD_CASES), ids=str)
+def test_backward(case):
+    b, hq, hkv, sq, sk, d, causal = BWD_CASES[case]
+    _run_bwd(b, hq, hkv, sq, sk, d, torch.float16, causal=causal, seed=3 + sq)
+
+
+@pytest.mark.parametrize("d,dtype", [(32, torch.bfloat16), (96, torch.float16), (128, torch.bfloat16)],
+                         ids=["d32-bf16", "d96-fp16", "d128-bf16"])
+def test_backward_dtypes_head_dims(d, dtype):
+    _run_bwd(1, 2, 1, 19, 41, d, dtype, causal=True, seed=d + 1)
+
+
+@pytest.mark.parametrize("bias_shape", ["1,H,Sq,Sk", "B,1,1,Sk", "B,H,Sq,Sk", "B,H,1,Sk"], ids=str)
+def test_dbias_broadcast(bias_shape):
+    b, hq, hkv, sq, sk, d = 2, 4, 2, 11, 21, 32
+    sizes = {"B": b, "H": hq, "Sq": sq, "Sk": sk, "1": 1}
+    shape = tuple(sizes[s] for s in bias_shape.split(","))
+    _run_bwd(b, hq, hkv, sq, sk, d, torch.float16, causal=bias_shape == "B,H,1,Sk", bias_shape=shape, seed=11)
+
+
+def test_backward_key_padding_bshd():
+    kpm = torch.rand(2, 29, generator=torch.Generator().manual_seed(4)) > 0.3
+    kpm[1] = False  # every key padded: zero gradients for that batch row
+    kpm = kpm.to(DEV)
+    dq, dk, dv = _run_bwd(2, 4, 2, 13, 29, 32, torch.bfloat16, kpm=kpm, bshd=True, scale=0.4, seed=21)
+    assert (dq[1] == 0).all() and (dk[1] == 0).all() and (dv[1] == 0).all()
+
+
+def test_backward_is_deterministic():
+    q, k, v = _inputs(2, 4, 2, 21, 70, 32, torch.float16, seed=31)
+    q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+    bias = randn(2, 1, 1, 70, dtype=torch.float16, device=DEV, seed=32, requires_grad=True)
+    dout = randn(2, 4, 21, 32, dtype=torch.float16, device=DEV, seed=33)
+
+    def grads():
+        out = fastattn.attention(q, k, v, causal=True, bias=bias, backend="cuda")
+        return torch.autograd.grad(out, (q, k, v, bias), dout)
+
+    for a, b in zip(grads(), grads()):
+        assert torch.equal(a, b)
+
+
+def test_backward_head_dim_256_is_refused():
+    q, k, v = _inputs(1, 2, 1, 4, 5, 256, torch.float16)
+    assert _cuda.unsupported_attention(q, k, v, None, None, False) is None  # forward only: fine
+    q.requires_grad_(True)
+    assert "backward" in _cuda.unsupported_attention(q, k, v, None, None, False)
+    with pytest.raises(fastattn.BackendUnavailable, match="backward"):
+        fastattn.attention(q, k, v, backend="cuda")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # GPU: larger sizes, FlashAttention's rule
 # ----------------------------------------------------------------------------------------------------------
 
@@ -265,6 +364,14 @@ GPU_SHAPES = [(113, 203), (1023, 1024), (512, 256)]
 @pytest.mark.parametrize("dtype", LOWP, ids=DT_IDS.get)
 def test_gpu_forward(sq, sk, causal, d, dtype):
     _run_fwd(2, 4, 2, sq, sk, d, dtype, causal=causal, seed=sq + sk + d)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("sq,sk", GPU_SHAPES, ids=lambda s: str(s))
+def test_gpu_backward(sq, sk, causal, d):
+    _run_bwd(2, 4, 2, sq, sk, d, torch.bfloat16, causal=causal, seed=sq + sk + d)
 
 
 @pytest.mark.gpu
