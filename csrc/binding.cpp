@@ -28,6 +28,7 @@
 #include <cuda_runtime_api.h>
 
 #include "attention/attn_bwd.h"
+#include "attention/attn_decode.h"
 #include "attention/attn_fwd.h"
 #include "common/dtype.h"
 #include "softmax/softmax_fwd.h"
@@ -329,6 +330,83 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd_cuda(
   return {dq, dk, dv, dbias};
 }
 
+// attn_decode_cuda(q (B, Hq, D), k_cache, v_cache (B, Hkv, Smax, D), cache_seqlens int32 (B,), scale, num_splits)
+//   -> out (B, Hq, D) contiguous in q's dtype. Lengths are clamped to [0, Smax] in the kernel; num_splits (>= 1)
+//   is the caller's heuristic, rounded here to whole 32-key blocks per split.
+at::Tensor attn_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& cache_seqlens, double scale, int64_t num_splits) {
+  constexpr const char* op = "attn_decode_cuda";
+  TORCH_CHECK(on_kernel_device(q), "fastattn::", op, ": q must be a ", kDeviceWord, " tensor, got device ",
+              q.device());
+  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastattn::", op,
+              ": q must be float16 or bfloat16, got ", q.scalar_type());
+  TORCH_CHECK(q.dim() == 3, "fastattn::", op, ": q must be (B, Hq, D), got shape ", q.sizes());
+  const int64_t b = q.size(0), hq = q.size(1), d = q.size(2);
+  bool q_ok = q.stride(2) == 1 || d <= 1;
+  for (int i = 0; i < 2; ++i) q_ok = q_ok && (q.stride(i) % 8 == 0 || q.size(i) <= 1);
+  q_ok = q_ok && reinterpret_cast<uintptr_t>(q.const_data_ptr()) % 16 == 0;
+  TORCH_CHECK(q_ok, "fastattn::", op, ": q must have stride 1 along D, strides that are multiples of 8 elements and "
+              "a 16-byte aligned address, got strides ", q.strides());
+  check_attn_operand(k_cache, q, op, "k_cache");
+  check_attn_operand(v_cache, q, op, "v_cache");
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes() && k_cache.size(0) == b && k_cache.size(3) == d, "fastattn::", op,
+              ": k_cache and v_cache must both be (B=", b, ", Hkv, Smax, D=", d, "), got ", k_cache.sizes(), " and ",
+              v_cache.sizes());
+  const int64_t hkv = k_cache.size(1), smax = k_cache.size(2);
+  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "fastattn::", op, ": Hq=", hq, " must be a multiple of Hkv=", hkv);
+  TORCH_CHECK(attn_fwd_supported_head_dim(static_cast<int>(d)), "fastattn::", op, ": head dim ", d,
+              " has no kernel (32, 64, 96, 128, 256)");
+  TORCH_CHECK(on_kernel_device(cache_seqlens) && cache_seqlens.device() == q.device() &&
+                  cache_seqlens.scalar_type() == at::kInt && cache_seqlens.dim() == 1 &&
+                  cache_seqlens.size(0) == b && cache_seqlens.is_contiguous(),
+              "fastattn::", op, ": cache_seqlens must be a contiguous int32 (B,) tensor on ", q.device());
+  TORCH_CHECK(num_splits >= 1, "fastattn::", op, ": num_splits must be >= 1, got ", num_splits);
+  TORCH_CHECK(b <= 65535, "fastattn::", op, ": batch must be <= 65535, got ", b);
+
+  at::Tensor out = at::empty({b, hq, d}, q.options());
+  if (out.numel() == 0) return out;
+  if (smax == 0) return out.zero_();
+  const int64_t blk = attn_decode_key_block(static_cast<int>(d));
+  int64_t splits = num_splits < smax ? num_splits : smax;
+  int64_t split_len = ((smax + splits - 1) / splits + blk - 1) / blk * blk;
+  splits = (smax + split_len - 1) / split_len;
+  at::Tensor o_part, lse_part;
+  if (splits > 1) {
+    o_part = at::empty({b, hq, splits, d}, q.options().dtype(at::kFloat));
+    lse_part = at::empty({b, hq, splits}, q.options().dtype(at::kFloat));
+  }
+#if defined(FASTATTN_EMULATE)
+  out.fill_(NAN);  // poisoned (see attn_fwd_cuda)
+  if (splits > 1) {
+    o_part.fill_(NAN);
+    lse_part.fill_(NAN);
+  }
+#endif
+  const DeviceGuard guard(q.device());
+  AttnDecodeParams p{};
+  p.q = q.const_data_ptr();
+  p.k = k_cache.const_data_ptr();
+  p.v = v_cache.const_data_ptr();
+  p.seqlens = cache_seqlens.const_data_ptr<int32_t>();
+  p.out = out.mutable_data_ptr();
+  p.o_part = splits > 1 ? o_part.mutable_data_ptr<float>() : nullptr;
+  p.lse_part = splits > 1 ? lse_part.mutable_data_ptr<float>() : nullptr;
+  p.batch = b;
+  p.heads_q = hq;
+  p.heads_kv = hkv;
+  p.max_seqlen = smax;
+  for (int i = 0; i < 3; ++i) p.q_stride[i] = q.stride(i);
+  for (int i = 0; i < 4; ++i) {
+    p.k_stride[i] = k_cache.stride(i);
+    p.v_stride[i] = v_cache.stride(i);
+  }
+  p.split_len = split_len;
+  p.num_splits = static_cast<int>(splits);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  check_cuda(attn_decode(p, to_dtype(q, op, "q"), static_cast<int>(d), current_stream(q)), op);
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Test kernels of the tensor-core and async-copy primitives (csrc/testing/primitives_test.h), called by
 // tests/test_cuda_primitives.py only. Outputs are filled with NaN before the kernel writes them.
@@ -435,6 +513,8 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.def("attn_bwd_cuda(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? bias, "
         "Tensor? key_padding_mask, bool causal, float scale, bool bias_requires_grad) -> (Tensor, Tensor, Tensor, "
         "Tensor)");
+  m.def("attn_decode_cuda(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float scale, "
+        "int num_splits) -> Tensor");
   // Test kernels of the primitives (tests/test_cuda_primitives.py); no fake kernels, not for tracing.
   m.def("_test_mma_cuda(Tensor a, Tensor b, Tensor c) -> Tensor");
   m.def("_test_ldmatrix_cuda(Tensor a, Tensor b, Tensor c, int a_mode, int b_mode) -> Tensor");
@@ -451,6 +531,7 @@ TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("softmax_fwd_cuda", &fastattn::softmax_fwd_cuda);
   m.impl("attn_fwd_cuda", &fastattn::attn_fwd_cuda);
   m.impl("attn_bwd_cuda", &fastattn::attn_bwd_cuda);
+  m.impl("attn_decode_cuda", &fastattn::attn_decode_cuda);
   m.impl("_test_mma_cuda", &fastattn::test_mma_cuda);
   m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);
   m.impl("_test_cp_async_cuda", &fastattn::test_cp_async_cuda);

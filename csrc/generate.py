@@ -47,6 +47,13 @@ FAMILIES = [
         "variants": [{"stem": f"attn_bwd_hdim{d}_{k}", "T": MMA_DTYPES[k], "D": d}
                      for d in ATTN_BWD_HEAD_DIMS for k in MMA_DTYPES],
     },
+    {
+        "dir": "attention/instantiations",
+        "header": "attention/attn_decode_kernel.cuh",
+        "line": "template cudaError_t attn_decode_launch<{T}, {D}>(const AttnDecodeParams&, cudaStream_t);",
+        "variants": [{"stem": f"attn_decode_hdim{d}_{k}", "T": MMA_DTYPES[k], "D": d}
+                     for d in ATTN_HEAD_DIMS for k in MMA_DTYPES],
+    },
 ]
 
 TEMPLATE = """\

@@ -14,6 +14,8 @@ fastattn/triton/attention's for attention:
     attention_fwd(q, k, v, bias, key_padding_mask, causal, scale) -> (out, lse)
     attention_bwd(dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad)
         -> (dq, dk, dv, dbias or None)
+    decode_attention(q, k_cache, v_cache, cache_seqlens, scale) -> out
+    unsupported_decode(q, k_cache, v_cache, cache_seqlens) -> None or a reason (metadata only)
     unsupported_attention(q, k, v, bias, key_padding_mask, causal) -> None or a reason (metadata only)
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import Tensor
 from . import _emu
 
 _NOT_BUILT = "extension not built (FASTATTN_BUILD_CUDA=0 or no nvcc at install)"
-_OPS = ("softmax_fwd_cuda", "attn_fwd_cuda", "attn_bwd_cuda")  # every op csrc/binding.cpp defines; all must be present
+_OPS = ("softmax_fwd_cuda", "attn_fwd_cuda", "attn_bwd_cuda", "attn_decode_cuda")  # every op csrc/binding.cpp defines; all must be present
 
 _status: "bool | str | None" = None
 _lock = threading.Lock()
@@ -132,6 +134,13 @@ def _register_fakes() -> None:
         dbias = (q.new_empty((b, hq, sq, k.shape[2]), dtype=torch.float32) if bias_requires_grad
                  else q.new_empty((0,), dtype=torch.float32))
         return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
+
+    @torch.library.register_fake("fastattn::attn_decode_cuda")
+    def _attn_decode_cuda_fake(q, k_cache, v_cache, cache_seqlens, scale: float, num_splits: int):
+        torch._check(q.dim() == 3, lambda: "fastattn::attn_decode_cuda: q must be (B, Hq, D)")
+        torch._check(q.dtype in (torch.float16, torch.bfloat16),
+                     lambda: f"fastattn::attn_decode_cuda: q must be float16 or bfloat16, got {q.dtype}")
+        return q.new_empty(q.shape)
 
 
 def _require() -> None:
@@ -252,3 +261,57 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
         dims = tuple(i for i, n in enumerate(bias.shape) if n == 1 and db.shape[i] != 1)
         dbias = (db.sum(dim=dims, keepdim=True) if dims else db).to(bias.dtype)
     return dq, dk, dv, dbias
+
+
+# Decode splits (flash-decoding): enough CTAs for ~2 waves of the chip, each split >= _MIN_SPLIT keys. The SM
+# count is asked once per device (cached), never per call. The emulated build pretends a 4-SM chip and allows
+# 32-key splits, so that the small tests take the split + combine path.
+_MIN_SPLIT, _MAX_SPLITS = 256, 128
+_EMU_SMS, _EMU_MIN_SPLIT = 4, 32
+_sm_counts: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    n = _sm_counts.get(index)
+    if n is None:
+        n = _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return n
+
+
+def decode_num_splits(b: int, hq: int, hkv: int, smax: int, device: torch.device) -> int:
+    """Key splits per (batch, KV head, 16-head tile): a host heuristic from the batch x heads and the SM count."""
+    if _emu.emulated():
+        sms, min_split = _EMU_SMS, _EMU_MIN_SPLIT
+    else:
+        sms, min_split = _sm_count(device), _MIN_SPLIT
+    tiles = max(1, b * hkv * -(-(hq // max(hkv, 1)) // 16))
+    want = -(-2 * sms // tiles)
+    return max(1, min(want, -(-smax // min_split), _MAX_SPLITS))
+
+
+def unsupported_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor) -> Optional[str]:
+    """None if the CUDA decode kernels run this call, else a short reason. Shapes, dtypes, devices only."""
+    why = _unsupported_common(q, (k_cache, v_cache, cache_seqlens), q.shape[-1])
+    if why is not None:
+        return why
+    if q.shape[0] > _MAX_GRID_YZ:
+        return f"batch > {_MAX_GRID_YZ}"
+    return None
+
+
+def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor, scale: float,
+                     num_splits: Optional[int] = None) -> Tensor:
+    """out (B, Hq, D) in q's dtype: csrc/attention/attn_decode_kernel.cuh. q (B, Hq, D) against the first
+    clamp(cache_seqlens[b], 0, Smax) positions of the caches (B, Hkv, Smax, D), any strides with unit stride along
+    D ((B, Smax, Hkv, D) caches viewed transposed are read in place). num_splits: key splits (default: the
+    heuristic above); with more than one, fp32 partials and a log-sum-exp combine launch."""
+    if _status is not True:
+        _require()
+    q, k_cache, v_cache = _aligned(q), _aligned(k_cache), _aligned(v_cache)
+    seqlens = cache_seqlens if cache_seqlens.dtype == torch.int32 else cache_seqlens.to(torch.int32)
+    seqlens = seqlens.contiguous()
+    if num_splits is None:
+        b, hq, _ = q.shape
+        num_splits = decode_num_splits(b, hq, k_cache.shape[1], k_cache.shape[2], q.device)
+    return torch.ops.fastattn.attn_decode_cuda(q, k_cache, v_cache, seqlens, float(scale), int(num_splits))

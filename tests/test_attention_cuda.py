@@ -351,6 +351,79 @@ def test_backward_head_dim_256_is_refused():
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Decode
+# ----------------------------------------------------------------------------------------------------------
+
+def _decode_inputs(b, hq, hkv, smax, d, dtype, lengths, seed=0):
+    q = randn(b, hq, d, dtype=dtype, device=DEV, seed=seed)
+    kc = randn(b, hkv, smax, d, dtype=dtype, device=DEV, seed=seed + 1)
+    vc = randn(b, hkv, smax, d, dtype=dtype, device=DEV, seed=seed + 2)
+    for i, n in enumerate(lengths):  # positions past the length must never be read
+        n = max(0, min(n, smax))
+        kc[i, :, n:] = float("nan")
+        vc[i, :, n:] = float("nan")
+    return q, kc, vc, torch.tensor(lengths, dtype=torch.int32, device=DEV)
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=DT_IDS.get)
+@pytest.mark.parametrize("hq,hkv,d", [(4, 2, 32), (4, 1, 64), (2, 2, 32), (20, 1, 32)],
+                         ids=["gqa4:2-d32", "mqa4:1-d64", "mha2-d32", "mqa20:1-two-row-tiles-d32"])
+def test_decode(hq, hkv, d, dtype):
+    q, kc, vc, seqlens = _decode_inputs(3, hq, hkv, 77, d, dtype, [77, 0, 40], seed=hq + hkv)
+    want = reference.decode_attention(q.double(), kc.double(), vc.double(), seqlens, scale=0.2)
+    out = fastattn.decode_attention(q, kc, vc, seqlens, scale=0.2, backend="cuda")
+    assert out.shape == q.shape and out.dtype == dtype
+    assert (out[1] == 0).all()  # length 0: zeros
+    assert_rel(out, want, REL_TOL[dtype])
+    for splits in (1, 3):  # one CTA per (batch, KV head, tile), and several with the log-sum-exp combine
+        assert_rel(_cuda.decode_attention(q, kc, vc, seqlens, 0.2, num_splits=splits), want, REL_TOL[dtype])
+
+
+@pytest.mark.parametrize("d", [128, 256])
+def test_decode_large_head_dims(d):
+    q, kc, vc, seqlens = _decode_inputs(2, 4, 2, 45, d, torch.bfloat16, [45, 17], seed=d)
+    want = reference.decode_attention(q.double(), kc.double(), vc.double(), seqlens, scale=0.1)
+    for splits in (1, 2):
+        assert_rel(_cuda.decode_attention(q, kc, vc, seqlens, 0.1, num_splits=splits), want, REL_TOL[torch.bfloat16])
+
+
+def test_decode_out_of_range_lengths_are_clamped():
+    """> Smax reads the whole cache, < 0 reads nothing (zeros); nothing outside the cache is read."""
+    q, kc, vc, _ = _decode_inputs(2, 4, 2, 50, 32, torch.float16, [50, 50], seed=47)
+    want = reference.decode_attention(q.double(), kc.double(), vc.double(), torch.tensor([50, 0]), scale=0.3)
+    for splits in (1, 2):
+        got = _cuda.decode_attention(q, kc, vc, torch.tensor([90, -3], dtype=torch.int32, device=DEV), 0.3,
+                                     num_splits=splits)
+        assert_rel(got, want, REL_TOL[torch.float16])
+
+
+def test_decode_strided_nan_and_empty():
+    # q a (B, Hq, D) view with strided heads, caches in (B, Smax, Hkv, D) memory viewed as (B, Hkv, Smax, D)
+    q = randn(2, 8, 3, 32, dtype=torch.float16, device=DEV, seed=41)[:, :, 1]
+    kc = randn(2, 39, 2, 32, dtype=torch.float16, device=DEV, seed=42).transpose(1, 2)
+    vc = randn(2, 39, 2, 32, dtype=torch.float16, device=DEV, seed=43).transpose(1, 2)
+    seqlens = torch.tensor([39, 5], dtype=torch.int32, device=DEV)
+    q[0, 3, 0] = float("nan")  # NaN in -> that head's output NaN
+    want = reference.decode_attention(q.double(), kc.double(), vc.double(), seqlens, scale=0.25)
+    got = fastattn.decode_attention(q, kc, vc, seqlens, scale=0.25, backend="cuda")
+    assert torch.isnan(got[0, 3]).all() and torch.isfinite(got[1]).all()
+    assert_rel(got, want, REL_TOL[torch.float16])
+    assert fastattn.decode_attention(q[:0], kc[:0], vc[:0], seqlens[:0], backend="cuda").shape == (0, 8, 32)
+    no_cache = fastattn.decode_attention(q, kc[:, :, :0], vc[:, :, :0], torch.zeros(2, dtype=torch.int32, device=DEV),
+                                         backend="cuda")
+    assert (no_cache == 0).all()
+
+
+def test_decode_num_splits_heuristic():
+    dev = torch.device(DEV)
+    assert _cuda.decode_num_splits(1, 8, 1, 8192, dev) > 1  # one KV head, one sequence: split over the keys
+    assert _cuda.decode_num_splits(64, 32, 8, 8192, dev) == 1  # the batch fills the chip
+    assert _cuda.decode_num_splits(1, 8, 1, 16, dev) == 1  # too few keys to split
+    assert "float32" in _cuda.unsupported_decode(torch.zeros(1, 2, 32), torch.zeros(1, 1, 4, 32),
+                                                 torch.zeros(1, 1, 4, 32), torch.zeros(1, dtype=torch.int32))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # GPU: larger sizes, FlashAttention's rule
 # ----------------------------------------------------------------------------------------------------------
 
@@ -372,6 +445,18 @@ def test_gpu_forward(sq, sk, causal, d, dtype):
 @pytest.mark.parametrize("sq,sk", GPU_SHAPES, ids=lambda s: str(s))
 def test_gpu_backward(sq, sk, causal, d):
     _run_bwd(2, 4, 2, sq, sk, d, torch.bfloat16, causal=causal, seed=sq + sk + d)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,smax,dtype", [(1, 8192, torch.bfloat16), (16, 1000, torch.bfloat16),
+                                          (3, 333, torch.float16)], ids=["b1-8192-bf16", "b16-1000-bf16", "b3-333-fp16"])
+def test_gpu_decode(b, smax, dtype):
+    lengths = [smax - 7 * i for i in range(b)]
+    if b > 1:
+        lengths[-1] = 0
+    q, kc, vc, seqlens = _decode_inputs(b, 32, 8, smax, 128, dtype, lengths, seed=b)
+    want = reference.decode_attention(q.double(), kc.double(), vc.double(), seqlens, scale=0.1)
+    assert_rel(fastattn.decode_attention(q, kc, vc, seqlens, scale=0.1, backend="cuda"), want, REL_TOL[dtype])
 
 
 @pytest.mark.gpu

@@ -74,7 +74,8 @@ template <int D>
 struct AttnBwdConfig {
   static constexpr int kThreads = 128;
   static constexpr int kKeysPerCta = 64;             // dK/dV: 16 keys per warp
-  static constexpr int kQBlock = D <= 64 ? 64 : 32;   // dK/dV: query rows per step
+  static constexpr int kQBlock = D <= 64 ? 64 : D <= 96 ? 32 : 16;  // dK/dV: query rows per step (D = 128:
+                                                                    // 16, or the dK + dV accumulators spill)
   static constexpr int kQRowsPerCta = 64;            // dQ: 16 rows per warp
   static constexpr int kKBlock = D <= 64 ? 64 : 32;   // dQ: keys per step
   static constexpr size_t kDkdvSmem = static_cast<size_t>(2 * kKeysPerCta + 2 * kQBlock) * D * 2;
