@@ -103,10 +103,11 @@ def cuda_emulated() -> bool:
 
 @_constant
 def cuda_build() -> "str | None":
-    """Which build backend "cuda" is: "emulated", "nvcc", or None when it is unavailable (see cuda_status)."""
-    if cuda_status() is not True:
-        return None
-    return "emulated" if cuda_emulated() else "nvcc"
+    """Which build of the CUDA kernels is loaded: "emulated" (FASTATTN_CUDA_EMULATE=1, CPU tensors), "nvcc"
+    (fastattn._C, which also needs a GPU to run: see cuda_status), or None when neither loads."""
+    from . import _cuda
+
+    return _cuda.build()
 
 
 @_constant

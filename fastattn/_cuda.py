@@ -76,7 +76,7 @@ def _load_emulated() -> "bool | str":
             return ("FASTATTN_EMU_ASAN=1: the AddressSanitizer build needs libasan loaded first; start the process "
                     f"with LD_PRELOAD={_emu.asan_preload()} (and ASAN_OPTIONS=detect_leaks=0)")
         lib = _emu.build_extension()
-    except _emu.EmuBuildError as e:
+    except (_emu.EmuBuildError, OSError) as e:  # OSError: e.g. the cache folder is not writable
         return f"the emulated CUDA build (FASTATTN_CUDA_EMULATE=1) is unavailable: {e}"
     try:
         torch.ops.load_library(str(lib))

@@ -447,12 +447,18 @@ def test_available_backends_reports_reasons():
         assert av[name] is True or (isinstance(av[name], str) and av[name])
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the GPU-less error")
-def test_cuda_backend_unavailable_on_cpu_tensors():
+def test_cuda_backend_on_cpu_tensors():
+    """CPU tensors: the emulated CUDA build (FASTATTN_CUDA_EMULATE=1) runs them; otherwise a clear error."""
     x = randn(2, 5)
+    assert issubclass(fastattn.BackendUnavailable, RuntimeError)
+    if fastattn._backend.cuda_emulated():
+        assert fastattn.available_backends()["cuda"] is True and fastattn._backend.cuda_build() == "emulated"
+        assert_rel(fastattn.softmax(x, backend="cuda"), torch.softmax(x.double(), -1), 1e-5)
+        with pytest.raises(fastattn.BackendUnavailable, match="CPU tensors"):
+            fastattn.softmax(x.to("meta"), backend="cuda")
+        return
     with pytest.raises(fastattn.BackendUnavailable, match="cuda"):
         fastattn.softmax(x, backend="cuda")
-    assert issubclass(fastattn.BackendUnavailable, RuntimeError)
 
 
 def test_use_backend_sets_the_default():
@@ -462,7 +468,7 @@ def test_use_backend_sets_the_default():
     with pytest.raises(ValueError, match="backend"):
         with fastattn.use_backend("nope"):
             pass
-    if not torch.cuda.is_available():
+    if fastattn._backend._machine_status("cuda", x.device) is not True:
         with fastattn.use_backend("cuda"):
             with pytest.raises(fastattn.BackendUnavailable):
                 fastattn.softmax(x)

@@ -8,6 +8,7 @@ compare against a float64 reference with the same tolerances on both builds. Not
 import or collection.
 """
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -327,3 +328,64 @@ def test_torch_compile_fullgraph():
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), f(x), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The emulated build only: every schedule gives the same bits, and AddressSanitizer finds nothing
+# ---------------------------------------------------------------------------------------------------------------
+emulated_only = pytest.mark.skipif(not EMULATED, reason="checks the emulated build (FASTATTN_CUDA_EMULATE=1)")
+SCHEDULES = ("forward", "reversed", "random", "warp_greedy")
+# One width per kernel of softmax_fwd_launch for fp32 (warp/K=1, warp/K=4, 128/256/512/1024-thread CTAs,
+# two-pass) and bf16's two-pass.
+PATH_WIDTHS = [(100, torch.float32), (500, torch.float32), (2000, torch.float32), (4000, torch.float32),
+               (8000, torch.float32), (16000, torch.float32), (20000, torch.float32), (40000, torch.bfloat16)]
+
+
+@emulated_only
+@pytest.mark.cuda_kernel
+@pytest.mark.parametrize("n, dtype", PATH_WIDTHS, ids=lambda v: str(v).replace("torch.", ""))
+def test_emulated_schedules_agree_bitwise(n, dtype):
+    """The kernels' reductions have a fixed order, so every thread order must give identical bits; a race
+    (a missing barrier, a reused buffer) would make some schedule differ."""
+    from fastattn import _emu
+
+    lib = _emu.load_settings(_emu.build_extension())
+    x = make_input(3, n, dtype, seed=n)
+    inv_t, args = make_inv_t(3, per_row=True)
+    outs = {}
+    try:
+        for s in SCHEDULES:
+            assert lib.fastattn_emu_set_schedule(s.encode()) == 0
+            outs[s] = softmax_op(x, *args)
+    finally:
+        lib.fastattn_emu_set_schedule(b"rotate")
+    for s in SCHEDULES[1:]:
+        assert torch.equal(outs[s], outs["forward"]), s
+    assert_rel(outs["forward"], reference(x, inv_t), TOL[dtype])
+
+
+@emulated_only
+@pytest.mark.cuda_kernel
+@pytest.mark.slow  # builds a second variant of the whole extension (~40 s of CPU the first time)
+def test_emulated_build_under_asan():
+    """The ASan variant of the whole emulated build (FASTATTN_EMU_ASAN=1) runs every kernel path, on exactly
+    sized and strided inputs, without a report (a subprocess: libasan must be preloaded)."""
+    from fastattn import _emu
+
+    code = (
+        "import torch, fastattn\n"
+        "from fastattn import _cuda\n"
+        "assert _cuda.status() is True, _cuda.status()\n"
+        "for n in (1, 7, 100, 500, 2000, 4000, 8000, 16000, 20000):\n"
+        "    for dt in (torch.float32, torch.float16, torch.bfloat16):\n"
+        "        base = torch.randn(3, n + 1).to(dt)\n"
+        "        for x in (base[:, :n].contiguous(), base[:, 1:]):\n"
+        "            y = torch.ops.fastattn.softmax_fwd_cuda(x, torch.ones(3), 1.0)\n"
+        "            ref = torch.softmax(x.double(), -1)\n"
+        "            assert (y.double() - ref).abs().max() <= 1e-2 * ref.abs().max(), (n, dt)\n"
+        "print('asan-ok')\n")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), FASTATTN_CUDA_EMULATE="1", FASTATTN_EMU_ASAN="1",
+               LD_PRELOAD=_emu.asan_preload(), ASAN_OPTIONS="detect_leaks=0", PYTHONMALLOC="malloc")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0 and "asan-ok" in run.stdout, run.stderr[-5000:]

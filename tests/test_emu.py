@@ -338,6 +338,30 @@ def test_deadlock_aborts(schedule):
                    f"planted.cu:{line_of('waits for lanes 16-31')}", "lanes 0-15 wait at __shfl_sync")
 
 
+def test_primitive_sync_points_with_different_names_abort():
+    run = run_planted("planted_mixed_sync_points(i)")
+    assert_aborted(run, "different warp collectives", "mixed_sync_points_kernel", "mma.m16n8k16", "ldmatrix.x4",
+                   f"planted.cu:{line_of('even lanes')}", f"planted.cu:{line_of('odd lanes')}")
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_primitive_api_scratch_slots_and_exit_hooks(lib, schedule):
+    set_schedule(lib, schedule)
+    y = torch.full((64,), -5, dtype=torch.int32)
+    exits = torch.zeros(64, dtype=torch.int32)
+    assert lib.sync_point_exchange(ptr(y), ptr(exits)) == 0  # two blocks of 64 threads write y and exits
+    t = torch.arange(64)
+    assert torch.equal(y, (100 * (t // 32) + 31 - t % 32).int())
+    assert torch.equal(exits, torch.full((64,), 2, dtype=torch.int32))  # once per thread per block
+
+
+def test_shuffle_reading_outside_its_mask_aborts():
+    """Lanes 0-15 shuffle among themselves (mask 0xffff) but xor 16 points each at a lane outside the mask."""
+    run = run_planted("emu_collective(3, 0xFFFF, 32, 32, i, (ctypes.c_int * 32)(*[16] * 32), i)")
+    assert_aborted(run, "collective_kernel", "__shfl_xor_sync (", "lane 0 reads lane 16, which is not in the mask "
+                   "0x0000ffff")
+
+
 def test_collective_with_exited_lanes_aborts():
     run = run_planted("planted_exited_lane(i)")
     assert_aborted(run, "exited_lane_kernel", "__shfl_down_sync", f"planted.cu:{line_of('lanes 8-31 have exited')}")

@@ -57,3 +57,15 @@ if ! [ -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$PY" -c 'import f
   echo "== installed in $(( $(date +%s) - start )) s"
   echo "$want" > "$stamp"
 fi
+
+# No GPU: backend="cuda" runs the emulated build of the CUDA kernels on the CPU (csrc/emu, compiled on first
+# use and cached in ~/.cache/fastattn). It needs the CUDA headers (cuda_fp16.h, crt/, nv/): from a toolkit, or
+# else from NVIDIA's header wheels, installed here when the venv is ours.
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  export FASTATTN_CUDA_EMULATE=${FASTATTN_CUDA_EMULATE:-1}
+  if [ "$FASTATTN_CUDA_EMULATE" = 1 ] && [ "$PY" = "$ROOT/.venv/bin/python" ] && \
+     ! "$PY" -c 'from fastattn import _emu; _emu.cuda_include_dir()' >/dev/null 2>&1; then
+    echo "== installing the CUDA headers for the emulated build (nvidia-cuda-crt, nvidia-cuda-cccl)"
+    "$PY" -m pip install -q "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
+  fi
+fi

@@ -3,5 +3,6 @@
 # Extra arguments go to pytest, e.g. `bash tools/test.sh -k softmax` or `bash tools/test.sh --runslow`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-"$PY" -c 'import fastattn; print("fastattn backends:", fastattn.available_backends())'
+"$PY" -c 'import fastattn, time; t = time.time(); av = fastattn.available_backends()
+print("fastattn backends:", av, "| cuda build:", fastattn._backend.cuda_build(), f"(ready in {time.time() - t:.1f} s)")'
 exec "$PY" -m pytest tests "$@"

@@ -1,10 +1,10 @@
 // fastattn_emu runtime: fibers, the block scheduler, barriers, warp collectives, strict checks (see emu.h).
 //
 // One launch at a time in the process (a mutex): the blocks of the grid run one after another on the calling
-// OS thread, and the threads of a block are fibers switched only at synchronisation points (on x86-64 by a
-// six-register switch below, ~100 times cheaper than swapcontext, which makes two sigprocmask system calls;
-// elsewhere, or with -DFASTATTN_EMU_UCONTEXT, by ucontext). Why not
-// blocks on several OS threads: static __shared__ variables are plain statics (one copy), the state the
+// OS thread, and the threads of a block are fibers switched only at synchronisation points: on x86-64 by the
+// six-register switch below (swapcontext makes two sigprocmask system calls per switch, 7x slower on a
+// shuffle + barrier benchmark), elsewhere or with -DFASTATTN_EMU_UCONTEXT by ucontext. Why not blocks on
+// several OS threads: static __shared__ variables are plain statics (one copy), the state the
 // builtins read is then a plain global, and a run is reproducible; the emulated suite is small enough that
 // one core suffices (CI has two, shared).
 #include <sys/mman.h>
@@ -403,6 +403,10 @@ void run_block(Run& r, uint3 bidx) {
     t.exits.clear();
     std::fill(std::begin(t.slots), std::end(t.slots), nullptr);
     t.stack = stack_for(i);
+#if FASTATTN_EMU_HAS_ASAN
+    // A fiber that finished never returned from its frames: clear their redzones before the stack is reused.
+    __asan_unpoison_memory_region(t.stack, stack_bytes());
+#endif
 #if FASTATTN_EMU_FAST_SWITCH
     // The first switch to the fiber pops this frame: MXCSR/x87 control word (the scheduler's), six zeroed
     // registers, then "returns" into fiber_main.
@@ -732,7 +736,10 @@ void launch(const char* pretty_kernel, const char* file, int line, dim3 grid, di
 // ---- API for emulated primitives ------------------------------------------------------------------------------
 int lane_id() { return detail::cur().lane; }
 int warp_id_in_block() { return detail::cur().warp; }
-void* warp_scratch() { return detail::g_run->warps[detail::cur().warp].scratch; }
+void* warp_scratch() {
+  const int warp = detail::cur().warp;  // checks first that a kernel is running
+  return detail::g_run->warps[warp].scratch;
+}
 void warp_sync_point(unsigned mask, const char* what, const char* file, int line) {
   detail::warp_collective(detail::kSyncPoint, mask, 0, 0, 32, what, file, line);
 }

@@ -96,6 +96,32 @@ __global__ void exited_lane_kernel(int* y) {
   y[threadIdx.x] = __shfl_down_sync(0xffffffffu, lane, 1);  // PLANTED: lanes 8-31 have exited
 }
 
+// BUG: the API for emulated primitives (emu.h): lanes of one warp at rendezvous named differently.
+__global__ void mixed_sync_points_kernel(int* y) {
+  const int lane = fastattn_emu::lane_id();
+  if (lane % 2 == 0) {
+    fastattn_emu::warp_sync_point(0xffffffffu, "mma.m16n8k16");  // PLANTED: even lanes
+  } else {
+    fastattn_emu::warp_sync_point(0xffffffffu, "ldmatrix.x4");  // PLANTED: odd lanes
+  }
+  y[threadIdx.x] = lane;
+}
+
+// The same API used correctly: per-warp scratch exchange between two rendezvous, thread slots and exit hooks.
+__global__ void sync_point_exchange_kernel(int* y, int* exits) {
+  const int lane = fastattn_emu::lane_id(), warp = fastattn_emu::warp_id_in_block();
+  int* scratch = static_cast<int*>(fastattn_emu::warp_scratch());
+  scratch[lane] = 100 * warp + lane;
+  fastattn_emu::warp_sync_point(0xffffffffu, "exchange: written");
+  const int got = scratch[31 - lane];
+  fastattn_emu::warp_sync_point(0xffffffffu, "exchange: read");
+  void*& slot = fastattn_emu::thread_slot(3);
+  if (slot != nullptr) y[threadIdx.x] = -1;  // slots start null
+  slot = exits + threadIdx.x;
+  fastattn_emu::on_thread_exit([](void* p) { *static_cast<int*>(p) += 1; }, slot);
+  y[threadIdx.x] = got;
+}
+
 // BUG: reads one element past the end of x (global memory); caught by the ASan variant.
 __global__ void oob_global_kernel(const float* x, float* y, int n) {
   const int t = static_cast<int>(threadIdx.x);
@@ -148,6 +174,14 @@ EXPORT int planted_deadlock(int* y) {
 }
 EXPORT int planted_exited_lane(int* y) {
   FASTATTN_LAUNCH(exited_lane_kernel, dim3(1), dim3(32), 0, nullptr, y);
+  return static_cast<int>(cudaGetLastError());
+}
+EXPORT int planted_mixed_sync_points(int* y) {
+  FASTATTN_LAUNCH(mixed_sync_points_kernel, dim3(1), dim3(32), 0, nullptr, y);
+  return static_cast<int>(cudaGetLastError());
+}
+EXPORT int sync_point_exchange(int* y, int* exits) {
+  FASTATTN_LAUNCH(sync_point_exchange_kernel, dim3(2), dim3(64), 0, nullptr, y, exits);
   return static_cast<int>(cudaGetLastError());
 }
 EXPORT int planted_oob_global(const float* x, float* y, int n) {
