@@ -483,8 +483,9 @@ at::Tensor test_cp_async_cuda(const at::Tensor& src, int64_t bytes, bool planted
   return out;
 }
 
-// _test_gemm_cuda(a (m, k), b (k, n), planted_missing_wait) -> a @ b (m, n) f32; m, n multiples of 64, k of 32.
-at::Tensor test_gemm_cuda(const at::Tensor& a, const at::Tensor& b, bool planted_missing_wait) {
+// _test_gemm_cuda(a (m, k), b (k, n), planted) -> a @ b (m, n) f32; m, n multiples of 64, k of 32; planted: 0 none,
+// 1 a missing cp.async wait, 2 a missing barrier (testing::GemmPlanted).
+at::Tensor test_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t planted) {
   constexpr const char* op = "_test_gemm_cuda";
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(0), "fastattn::", op,
               ": a and b must be (m, k) and (k, n), got shapes ", a.sizes(), " and ", b.sizes());
@@ -494,10 +495,11 @@ at::Tensor test_gemm_cuda(const at::Tensor& a, const at::Tensor& b, bool planted
   check_test_tensor(a, op, "a", {m, k});
   check_test_tensor(b, op, "b", {k, n});
   const DType dtype = mma_dtype(a, b, op);
+  TORCH_CHECK(planted >= 0 && planted <= 2, "fastattn::", op, ": planted must be 0, 1 or 2, got ", planted);
   const DeviceGuard guard(a.device());
   at::Tensor c = at::empty({m, n}, a.options().dtype(at::kFloat)).fill_(NAN);
   check_cuda(testing::gemm_test(a.const_data_ptr(), b.const_data_ptr(), c.mutable_data_ptr<float>(), m, n, k, dtype,
-                                planted_missing_wait, current_stream(a)),
+                                static_cast<int>(planted), current_stream(a)),
              op);
   return c;
 }
@@ -519,7 +521,7 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.def("_test_mma_cuda(Tensor a, Tensor b, Tensor c) -> Tensor");
   m.def("_test_ldmatrix_cuda(Tensor a, Tensor b, Tensor c, int a_mode, int b_mode) -> Tensor");
   m.def("_test_cp_async_cuda(Tensor src, int bytes, bool planted_missing_wait) -> Tensor");
-  m.def("_test_gemm_cuda(Tensor a, Tensor b, bool planted_missing_wait) -> Tensor");
+  m.def("_test_gemm_cuda(Tensor a, Tensor b, int planted) -> Tensor");
 }
 
 #if defined(FASTATTN_EMULATE)

@@ -11,8 +11,11 @@ The fragment layouts themselves and the emulation's cores are also checked by a 
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,8 @@ DT = {torch.float16: "f16", torch.bfloat16: "bf16"}
 SENTINEL = -12345.0  # kCpAsyncSentinel in csrc/testing/primitives_test.h
 CP_THREADS = 64
 LDMATRIX_MODES = {0: "x4", 1: "x2", 2: "x1", 3: "x4.trans", 4: "x2.trans", 5: "x1.trans"}
+GEMM_CORRECT, GEMM_MISSING_WAIT, GEMM_MISSING_BARRIER = 0, 1, 2  # testing::GemmPlanted
+SCHEDULES = ("forward", "reversed", "random", "warp_greedy")
 
 # Runs the test kernels: fastattn._C on a GPU, or the emulated build on the CPU (conftest skips centrally).
 kernels = pytest.mark.cuda_kernel
@@ -75,8 +80,8 @@ def assert_matches_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, 
     if bad.any():
         idx = torch.nonzero(finite)[bad.nonzero()[0, 0]].tolist()
         raise AssertionError(
-            f"{what}: {int(bad.sum())} of {int(finite.sum())} outputs off; first at {idx}: got {out[tuple(idx)].item()}, "
-            f"want {ref[tuple(idx)].item()} (max err / magnitude {float((err / (mag[finite] + 1e-30)).max()):.3g})"
+            f"{what}: {int(bad.sum())} of {int(finite.sum())} outputs off; first at {idx}: "
+            f"got {out[tuple(idx)].item()}, want {ref[tuple(idx)].item()} (max err / magnitude {float((err / (mag[finite] + 1e-30)).max()):.3g})"
         )
 
 
@@ -87,7 +92,8 @@ def test_fragment_layouts_host(tmp_path):
     cxx = os.environ.get("CXX") or "g++"
     exe = tmp_path / "fragment_layout_test"
     build = subprocess.run(
-        [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}", f"-isystem{_emu.cuda_include_dir()}",
+        [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}",
+         f"-isystem{_emu.cuda_include_dir()}",
          str(ROOT / "tests" / "cpp" / "fragment_layout_test.cpp"), "-o", str(exe)],
         capture_output=True, text=True, timeout=300,
     )
@@ -210,7 +216,7 @@ def test_gemm(mnk, dtype):
     m, n, k = mnk
     a = rand((m, k), dtype, 7 + m + k, 1.5)
     b = rand((k, n), dtype, 8 + n + k, 1.5)
-    c = ops()._test_gemm_cuda(a, b, False)
+    c = ops()._test_gemm_cuda(a, b, GEMM_CORRECT)
     assert c.dtype == torch.float32 and c.shape == (m, n)
     assert_matches_product(c, a, b, None, f"gemm {m}x{n}x{k} {DT[dtype]}")
 
@@ -231,7 +237,7 @@ def test_gemm_odd_values(dtype):
     a[:, 77] = a[:, 77].abs() + 0.1
     b[77, 9] = float("inf")
     a, b = a.to(dtype).to(device()), b.to(dtype).to(device())
-    c = ops()._test_gemm_cuda(a, b, False)
+    c = ops()._test_gemm_cuda(a, b, GEMM_CORRECT)
     assert_matches_product(c, a, b, None, f"gemm odd values {DT[dtype]}")
     assert torch.isnan(c[5]).all() and not torch.isnan(c[6]).any()
 
@@ -245,12 +251,87 @@ def test_gemm_missing_wait_reads_stale_tile(dtype):
     m, n, k = 64, 64, 96
     a = rand((m, k), dtype, 80)
     b = rand((k, n), dtype, 81)
-    c = ops()._test_gemm_cuda(a, b, True)
+    c = ops()._test_gemm_cuda(a, b, GEMM_MISSING_WAIT)
     a64, b64 = a.cpu().double(), b.cpu().double()
     stale = a64[:, :64] @ b64[:64] + a64[:, :32] @ b64[:32]  # tiles 0, 1, then tile 0 again
     with pytest.raises(AssertionError):
         assert_matches_product(c, a, b, None, "planted missing wait")
     torch.testing.assert_close(c.cpu().double(), stale, rtol=1e-5, atol=1e-5)
+
+
+class EmulationSettings:
+    """The emulated extension's schedule and cp.async landing mode, set through ctypes and restored after."""
+
+    def __init__(self):
+        self.lib = _emu.load_settings(_emu.build_extension())
+        self.lib.fastattn_emu_set_cp_async_landing.argtypes = [ctypes.c_char_p]
+
+    def set(self, schedule: str, landing: str):
+        assert self.lib.fastattn_emu_set_schedule(schedule.encode()) == 0
+        assert self.lib.fastattn_emu_set_cp_async_landing(landing.encode()) == 0
+
+    def restore(self):
+        self.set("rotate", "at_wait")
+
+
+@pytest.fixture
+def emu_settings():
+    ops()  # loads the emulated extension
+    settings = EmulationSettings()
+    yield settings
+    settings.restore()
+
+
+@kernels
+@emulation_only
+@pytest.mark.parametrize("dtype", MMA_DTYPES, ids=DT.get)
+def test_gemm_same_bits_under_every_schedule_and_landing(dtype, emu_settings):
+    """No race in the pipeline: every thread order, with copies landing as late or as early as the hardware may
+    land them, gives the same bits (each mma chain has a fixed order)."""
+    a = rand((128, 96), dtype, 90)
+    b = rand((96, 64), dtype, 91)
+    outs = {}
+    for landing in ("at_wait", "at_issue"):
+        for schedule in SCHEDULES:
+            emu_settings.set(schedule, landing)
+            outs[landing, schedule] = ops()._test_gemm_cuda(a, b, GEMM_CORRECT)
+    first = outs["at_wait", "forward"]
+    assert_matches_product(first, a, b, None, "gemm")
+    for key, out in outs.items():
+        assert torch.equal(out, first), key
+
+
+@kernels
+@emulation_only
+def test_gemm_missing_barrier_caught_when_copies_land_early(emu_settings):
+    """The planted missing __syncthreads before a stage is refilled: with copies landing at issue, a warp that
+    runs ahead overwrites the stage while the others still read it (seen under warp_greedy, which lets a warp
+    run as far as it can). Copies landing only at their wait hide this bug (the refill lands after the next
+    barrier), which is why both modes are run here."""
+    a = rand((64, 128), torch.float16, 92)
+    b = rand((128, 64), torch.float16, 93)
+    wrong = []
+    for schedule in SCHEDULES:
+        emu_settings.set(schedule, "at_issue")
+        c = ops()._test_gemm_cuda(a, b, GEMM_MISSING_BARRIER)
+        try:
+            assert_matches_product(c, a, b, None, "planted missing barrier")
+        except AssertionError:
+            wrong.append(schedule)
+        emu_settings.set(schedule, "at_wait")
+        assert_matches_product(ops()._test_gemm_cuda(a, b, GEMM_MISSING_BARRIER), a, b, None, "late landing")
+    assert wrong, "no schedule exposed the missing barrier"
+
+
+@kernels
+@emulation_only
+def test_cp_async_early_landing_still_orders_groups(emu_settings):
+    """With copies landing at issue, the wait/commit test reads the right data (nothing can be stale)."""
+    for nbytes in (4, 8, 16):
+        src = cp_async_src(nbytes, 60 + nbytes)
+        emu_settings.set("forward", "at_issue")
+        out = ops()._test_cp_async_cuda(src, nbytes, False).cpu()
+        torch.testing.assert_close(out[:4], cp_async_expected(src, nbytes), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -270,4 +351,107 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(RuntimeError, match="bytes must be 4, 8 or 16"):
         ops()._test_cp_async_cuda(rand((4, 64), torch.float32, 4), 2, False)
     with pytest.raises(RuntimeError, match="multiples of 64"):
-        ops()._test_gemm_cuda(rand((48, 64), torch.float16, 5), rand((64, 64), torch.float16, 6), False)
+        ops()._test_gemm_cuda(rand((48, 64), torch.float16, 5), rand((64, 64), torch.float16, 6), GEMM_CORRECT)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Misuse the emulation must stop with a message naming the kernel and the line (tests/cpp/primitives_planted.cu,
+# a plain emulated library called through ctypes in a subprocess, since the emulator aborts the process)
+# ------------------------------------------------------------------------------------------------------------
+PLANTED = ROOT / "tests" / "cpp" / "primitives_planted.cu"
+
+
+def planted_line(marker: str) -> str:
+    hits = [i + 1 for i, line in enumerate(PLANTED.read_text().splitlines()) if f"PLANTED: {marker}" in line]
+    assert len(hits) == 1, marker
+    return f"primitives_planted.cu:{hits[0]}"
+
+
+def run_planted(call: str, asan: bool = False):
+    lib = _emu.build("primitives_planted", [PLANTED], asan=asan, watch=[PLANTED.parent])
+    code = textwrap.dedent(f"""
+        import ctypes
+        lib = ctypes.CDLL({str(lib)!r})
+        f = (ctypes.c_float * 1024)()
+        src = ctypes.cast(ctypes.create_string_buffer(512), ctypes.c_void_p)  # exactly 128 floats
+        rc = lib.{call}
+        print("returned", rc, flush=True)
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if asan:
+        env.update(LD_PRELOAD=_emu.asan_preload(), ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
+                   PYTHONMALLOC="malloc")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def assert_aborted(run, *needles):
+    assert run.returncode != 0 and "returned" not in run.stdout, (run.returncode, run.stdout, run.stderr)
+    for needle in needles:
+        assert needle in run.stderr, f"{needle!r} not in:\n{run.stderr}"
+
+
+def test_lanes_at_different_mma_kinds_abort():
+    run = run_planted("planted_mixed_mma(f)")
+    assert_aborted(run, "mixed_mma_kernel", "mma.sync.m16n8k16.f16", "mma.sync.m16n8k16.bf16",
+                   planted_line("f16 half"), planted_line("bf16 half"))
+
+
+def test_mma_in_a_partial_warp_aborts():
+    run = run_planted("planted_partial_warp_mma(f)")
+    assert_aborted(run, "partial_warp_mma_kernel", "mma.sync.m16n8k16.f16", planted_line("partial warp"))
+
+
+def test_misaligned_ldmatrix_row_aborts():
+    run = run_planted("planted_misaligned_ldmatrix(f)")
+    assert_aborted(run, "misaligned_ldmatrix_kernel", "ldmatrix.m8n8.x4", "lane 5 is not 16-byte aligned",
+                   planted_line("misaligned row"))
+
+
+def test_misaligned_cp_async_aborts():
+    run = run_planted("planted_misaligned_cp_async(src, f)")
+    assert_aborted(run, "misaligned_cp_async_kernel", "cp.async of 16 bytes", "dst is not aligned",
+                   planted_line("misaligned dst"))
+
+
+def test_out_of_bounds_cp_async_source_is_reported_by_asan():
+    run = run_planted("planted_oob_cp_async(src, f, 32)", asan=True)
+    assert_aborted(run, "AddressSanitizer: heap-buffer-overflow", "READ of size 16", planted_line("oob source"),
+                   "oob_cp_async_kernel")
+
+
+@emulation_only
+@kernels
+@pytest.mark.slow  # builds the ASan variant of the emulated extension (~40 s of CPU the first time)
+def test_primitive_kernels_under_asan():
+    """Every test-kernel path (both mma types, the 36 ldmatrix mode pairs, cp.async 4/8/16 with and without the
+    planted missing wait, GEMMs) in the AddressSanitizer variant: no out-of-bounds shared or global access."""
+    code = textwrap.dedent("""
+        import torch
+        from fastattn import _cuda
+        assert _cuda.status() is True, _cuda.status()
+        ops = torch.ops.fastattn
+        for dt in (torch.float16, torch.bfloat16):
+            a, b = torch.randn(16, 16).to(dt), torch.randn(16, 16).to(dt)
+            c = torch.randn(16, 16)
+            ref = a.double() @ b.double() + c.double()
+            d = ops._test_mma_cuda(a, b[:, :8].contiguous(), c[:, :8].contiguous())
+            assert (d.double() - ref[:, :8]).abs().max() < 1e-4
+            for am in range(6):
+                for bm in range(6):
+                    d = ops._test_ldmatrix_cuda(a, b, c, am, bm)
+                    assert (d.double() - ref).abs().max() < 1e-4, (am, bm)
+            for m, n, k in ((64, 64, 64), (128, 64, 96)):
+                x, y = torch.randn(m, k).to(dt), torch.randn(k, n).to(dt)
+                z = ops._test_gemm_cuda(x, y, 0)
+                assert (z.double() - x.double() @ y.double()).abs().max() < 1e-3
+                ops._test_gemm_cuda(x, y, 1)
+                ops._test_gemm_cuda(x, y, 2)
+        for nbytes in (4, 8, 16):
+            for planted in (False, True):
+                ops._test_cp_async_cuda(torch.randn(4, 16 * nbytes), nbytes, planted)
+        print("asan-ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FASTATTN_CUDA_EMULATE="1", FASTATTN_EMU_ASAN="1",
+               LD_PRELOAD=_emu.asan_preload(), ASAN_OPTIONS="detect_leaks=0", PYTHONMALLOC="malloc")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0 and "asan-ok" in run.stdout, run.stderr[-5000:]

@@ -15,17 +15,23 @@
 // wait and then a __syncthreads() (or __syncwarp() within a warp). Nothing is promised before the wait.
 //
 // nvcc device code: inline PTX, sm_80 or newer. Host compiler with FASTATTN_EMULATE: the source bytes are
-// read when the copy is issued, and the copy lands in shared memory only inside the wait that covers it, so
-// a missing wait (or barrier) reads stale data; copies still pending when the thread exits land then.
+// read when the copy is issued, and the copy lands in shared memory as late as the hardware may land it,
+// inside the wait that covers it, so a missing wait reads stale data; copies still pending when the thread
+// exits land then. FASTATTN_EMU_CP_ASYNC=at_issue lands each copy as early as the hardware may instead, when
+// it is issued: then a missing barrier before a buffer is refilled (other threads still reading it) shows.
+// The two catch different bugs; run the tests both ways (at_wait is the default).
 #pragma once
 
 #include <cstdint>
 
+#include "common/fragment_layout.h"  // FASTATTN_CALL_SITE
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "fastattn's async-copy primitives (csrc/common/cp_async.cuh) need sm_80 or newer: set TORCH_CUDA_ARCH_LIST to 8.0 or above"
+#error "csrc/common/cp_async.cuh needs sm_80 or newer (cp.async, ldmatrix, mma.m16n8k16): TORCH_CUDA_ARCH_LIST >= 8.0"
 #endif
 
 #if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -50,6 +56,19 @@ struct CpAsyncState {
   std::vector<CpAsyncCopy> open;                  // issued since the last commit
   std::deque<std::vector<CpAsyncCopy>> pending;   // committed and not yet landed, oldest first
 };
+
+enum class CpAsyncLanding { kAtWait, kAtIssue };
+
+// The landing mode, from FASTATTN_EMU_CP_ASYNC (at_wait or at_issue) on first use; tests may change it.
+inline CpAsyncLanding& cp_async_landing() {
+  static CpAsyncLanding mode = [] {
+    const char* env = std::getenv("FASTATTN_EMU_CP_ASYNC");
+    if (env == nullptr || *env == 0 || std::strcmp(env, "at_wait") == 0) return CpAsyncLanding::kAtWait;
+    if (std::strcmp(env, "at_issue") == 0) return CpAsyncLanding::kAtIssue;
+    fastattn_emu::fail("FASTATTN_EMU_CP_ASYNC must be at_wait or at_issue, got '%s'", env);
+  }();
+  return mode;
+}
 
 inline void cp_async_land(std::vector<CpAsyncCopy>& group) {
   for (const CpAsyncCopy& c : group) std::memcpy(c.dst, c.data, static_cast<size_t>(c.bytes));
@@ -76,20 +95,28 @@ inline CpAsyncState& cp_async_state() {
   return *static_cast<CpAsyncState*>(slot);
 }
 
-[[noreturn]] inline void cp_async_fail(const char* what, int bytes, const void* dst, const void* src) {
-  fastattn_emu::fail("cp.async of %d bytes: %s (dst %p, src %p)", bytes, what, dst, src);
+[[noreturn]] inline void cp_async_fail(const char* what, int bytes, const void* dst, const void* src, const char* file,
+                                       int line) {
+  fastattn_emu::fail("cp.async of %d bytes at %s:%d: %s (dst %p, src %p)", bytes, file, line, what, dst, src);
 }
 
 template <int Bytes>
-inline void cp_async_emulated(void* dst, const void* src, int src_bytes) {
-  if (reinterpret_cast<uintptr_t>(dst) % Bytes != 0) cp_async_fail("dst is not aligned to the copy size", Bytes, dst, src);
-  if (reinterpret_cast<uintptr_t>(src) % Bytes != 0) cp_async_fail("src is not aligned to the copy size", Bytes, dst, src);
-  if (src_bytes < 0 || src_bytes > Bytes) cp_async_fail("src_bytes outside [0, copy size]", Bytes, dst, src);
+inline void cp_async_emulated(void* dst, const void* src, int src_bytes, const char* file, int line) {
+  if (reinterpret_cast<uintptr_t>(dst) % Bytes != 0)
+    cp_async_fail("dst is not aligned to the copy size", Bytes, dst, src, file, line);
+  if (reinterpret_cast<uintptr_t>(src) % Bytes != 0)
+    cp_async_fail("src is not aligned to the copy size", Bytes, dst, src, file, line);
+  if (src_bytes < 0 || src_bytes > Bytes)
+    cp_async_fail("src_bytes outside [0, copy size]", Bytes, dst, src, file, line);
   CpAsyncCopy c;
   c.dst = dst;
   c.bytes = Bytes;
   std::memset(c.data, 0, sizeof(c.data));
   if (src_bytes > 0) std::memcpy(c.data, src, static_cast<size_t>(src_bytes));
+  if (cp_async_landing() == CpAsyncLanding::kAtIssue) {
+    std::memcpy(dst, c.data, static_cast<size_t>(Bytes));
+    return;
+  }
   cp_async_state().open.push_back(c);
 }
 #endif
@@ -104,7 +131,7 @@ __device__ __forceinline__ uint32_t smem_addr_u32(const void* p) {
 
 // Copy Bytes (4, 8 or 16) from global `src` to shared `dst`; the first src_bytes are copied, the rest zeroed.
 template <int Bytes>
-__device__ __forceinline__ void cp_async_zfill(void* dst, const void* src, int src_bytes) {
+__device__ __forceinline__ void cp_async_zfill(void* dst, const void* src, int src_bytes FASTATTN_CALL_SITE) {
   static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
 #if defined(__CUDA_ARCH__)
   if constexpr (Bytes == 16) {
@@ -117,7 +144,7 @@ __device__ __forceinline__ void cp_async_zfill(void* dst, const void* src, int s
                  : "memory");
   }
 #elif defined(FASTATTN_EMULATE)
-  detail::cp_async_emulated<Bytes>(dst, src, src_bytes);
+  detail::cp_async_emulated<Bytes>(dst, src, src_bytes, call_file, call_line);
 #else
   (void)dst;
   (void)src;
@@ -127,7 +154,7 @@ __device__ __forceinline__ void cp_async_zfill(void* dst, const void* src, int s
 
 // Copy Bytes (4, 8 or 16) from global `src` to shared `dst`.
 template <int Bytes>
-__device__ __forceinline__ void cp_async(void* dst, const void* src) {
+__device__ __forceinline__ void cp_async(void* dst, const void* src FASTATTN_CALL_SITE) {
   static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
 #if defined(__CUDA_ARCH__)
   if constexpr (Bytes == 16) {
@@ -139,16 +166,22 @@ __device__ __forceinline__ void cp_async(void* dst, const void* src) {
                  : "memory");
   }
 #elif defined(FASTATTN_EMULATE)
-  detail::cp_async_emulated<Bytes>(dst, src, Bytes);
+  detail::cp_async_emulated<Bytes>(dst, src, Bytes, call_file, call_line);
 #else
   (void)dst;
   (void)src;
 #endif
 }
 
-__device__ __forceinline__ void cp_async_4(void* dst, const void* src) { cp_async<4>(dst, src); }
-__device__ __forceinline__ void cp_async_8(void* dst, const void* src) { cp_async<8>(dst, src); }
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src) { cp_async<16>(dst, src); }
+__device__ __forceinline__ void cp_async_4(void* dst, const void* src FASTATTN_CALL_SITE) {
+  cp_async<4>(dst, src FASTATTN_CALL_SITE_FWD);
+}
+__device__ __forceinline__ void cp_async_8(void* dst, const void* src FASTATTN_CALL_SITE) {
+  cp_async<8>(dst, src FASTATTN_CALL_SITE_FWD);
+}
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src FASTATTN_CALL_SITE) {
+  cp_async<16>(dst, src FASTATTN_CALL_SITE_FWD);
+}
 
 __device__ __forceinline__ void cp_async_commit_group() {
 #if defined(__CUDA_ARCH__)

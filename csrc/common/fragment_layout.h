@@ -24,6 +24,17 @@
 #define FASTATTN_HD inline
 #endif
 
+// The caller's file:line, as trailing defaulted parameters of the primitives in the emulated build only, so
+// the emulation's messages (a lane at a different collective, a misaligned address) name the kernel's line.
+// FASTATTN_CALL_SITE_FWD passes them on from one primitive to another.
+#if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
+#define FASTATTN_CALL_SITE , const char *call_file = __builtin_FILE(), int call_line = __builtin_LINE()
+#define FASTATTN_CALL_SITE_FWD , call_file, call_line
+#else
+#define FASTATTN_CALL_SITE
+#define FASTATTN_CALL_SITE_FWD
+#endif
+
 namespace fastattn {
 namespace frag {
 

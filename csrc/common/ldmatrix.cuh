@@ -19,7 +19,7 @@
 #include "common/fragment_layout.h"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "fastattn's tensor-core primitives (csrc/common/ldmatrix.cuh) need sm_80 or newer: set TORCH_CUDA_ARCH_LIST to 8.0 or above"
+#error "csrc/common/ldmatrix.cuh needs sm_80 or newer (cp.async, ldmatrix, mma.m16n8k16): TORCH_CUDA_ARCH_LIST >= 8.0"
 #endif
 
 #if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
@@ -32,7 +32,7 @@ namespace detail {
 
 #if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
 template <int Num, bool Trans>
-inline void ldmatrix_emulated(uint32_t (&r)[Num], const void* row) {
+inline void ldmatrix_emulated(uint32_t (&r)[Num], const void* row, const char* call_file, int call_line) {
   static constexpr const char* kWhat[2][3] = {
       {"ldmatrix.m8n8.x1", "ldmatrix.m8n8.x2", "ldmatrix.m8n8.x4"},
       {"ldmatrix.m8n8.x1.trans", "ldmatrix.m8n8.x2.trans", "ldmatrix.m8n8.x4.trans"}};
@@ -40,12 +40,14 @@ inline void ldmatrix_emulated(uint32_t (&r)[Num], const void* row) {
   auto* addrs = static_cast<const void**>(fastattn_emu::warp_scratch());
   const int lane = fastattn_emu::lane_id();
   addrs[lane] = row;
-  fastattn_emu::warp_sync_point(0xffffffffu, what);  // every lane has given its row address
+  fastattn_emu::warp_sync_point(0xffffffffu, what, call_file, call_line);  // every lane has given its row address
   uint32_t out[Num];
   const int bad = emu_matrix::ldmatrix_lane(addrs, Num, Trans, lane, out);
   if (bad >= 0)
-    fastattn_emu::fail("%s: the row address %p of lane %d is not 16-byte aligned", what, addrs[bad], bad);
-  fastattn_emu::warp_sync_point(0xffffffffu, what);  // every lane has read; the scratch area is free again
+    fastattn_emu::fail("%s at %s:%d: the row address %p of lane %d is not 16-byte aligned", what, call_file, call_line,
+                       addrs[bad], bad);
+  // Every lane has read: the scratch area is free again.
+  fastattn_emu::warp_sync_point(0xffffffffu, what, call_file, call_line);
   for (int j = 0; j < Num; ++j) r[j] = out[j];
 }
 #endif
@@ -58,76 +60,76 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 
 }  // namespace detail
 
-__device__ __forceinline__ void ldmatrix_x1(uint32_t (&r)[1], const void* row) {
+__device__ __forceinline__ void ldmatrix_x1(uint32_t (&r)[1], const void* row FASTATTN_CALL_SITE) {
 #if defined(__CUDA_ARCH__)
   asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(detail::smem_u32(row)));
 #elif defined(FASTATTN_EMULATE)
-  detail::ldmatrix_emulated<1, false>(r, row);
+  detail::ldmatrix_emulated<1, false>(r, row, call_file, call_line);
 #else
   r[0] = 0;
   (void)row;
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row) {
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row FASTATTN_CALL_SITE) {
 #if defined(__CUDA_ARCH__)
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
                : "r"(detail::smem_u32(row)));
 #elif defined(FASTATTN_EMULATE)
-  detail::ldmatrix_emulated<2, false>(r, row);
+  detail::ldmatrix_emulated<2, false>(r, row, call_file, call_line);
 #else
   r[0] = r[1] = 0;
   (void)row;
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row FASTATTN_CALL_SITE) {
 #if defined(__CUDA_ARCH__)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(detail::smem_u32(row)));
 #elif defined(FASTATTN_EMULATE)
-  detail::ldmatrix_emulated<4, false>(r, row);
+  detail::ldmatrix_emulated<4, false>(r, row, call_file, call_line);
 #else
   r[0] = r[1] = r[2] = r[3] = 0;
   (void)row;
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x1_trans(uint32_t (&r)[1], const void* row) {
+__device__ __forceinline__ void ldmatrix_x1_trans(uint32_t (&r)[1], const void* row FASTATTN_CALL_SITE) {
 #if defined(__CUDA_ARCH__)
   asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
                : "=r"(r[0])
                : "r"(detail::smem_u32(row)));
 #elif defined(FASTATTN_EMULATE)
-  detail::ldmatrix_emulated<1, true>(r, row);
+  detail::ldmatrix_emulated<1, true>(r, row, call_file, call_line);
 #else
   r[0] = 0;
   (void)row;
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* row) {
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* row FASTATTN_CALL_SITE) {
 #if defined(__CUDA_ARCH__)
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1])
                : "r"(detail::smem_u32(row)));
 #elif defined(FASTATTN_EMULATE)
-  detail::ldmatrix_emulated<2, true>(r, row);
+  detail::ldmatrix_emulated<2, true>(r, row, call_file, call_line);
 #else
   r[0] = r[1] = 0;
   (void)row;
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row FASTATTN_CALL_SITE) {
 #if defined(__CUDA_ARCH__)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(detail::smem_u32(row)));
 #elif defined(FASTATTN_EMULATE)
-  detail::ldmatrix_emulated<4, true>(r, row);
+  detail::ldmatrix_emulated<4, true>(r, row, call_file, call_line);
 #else
   r[0] = r[1] = r[2] = r[3] = 0;
   (void)row;

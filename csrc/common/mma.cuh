@@ -20,7 +20,7 @@
 #include "common/fragment_layout.h"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "fastattn's tensor-core primitives (csrc/common/mma.cuh) need sm_80 or newer: set TORCH_CUDA_ARCH_LIST to 8.0 or above"
+#error "csrc/common/mma.cuh needs sm_80 or newer (cp.async, ldmatrix, mma.m16n8k16): TORCH_CUDA_ARCH_LIST >= 8.0"
 #endif
 
 #if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
@@ -36,7 +36,7 @@ inline constexpr bool kIsMmaInput = std::is_same_v<T, __half> || std::is_same_v<
 // D = A * B + C for one m16n8k16 tile; T is __half or __nv_bfloat16 (the type of A's and B's elements).
 template <typename T>
 __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
-                                             const float (&c)[4]) {
+                                             const float (&c)[4] FASTATTN_CALL_SITE) {
   static_assert(kIsMmaInput<T>, "mma_m16n8k16: the input type must be __half or __nv_bfloat16");
 #if defined(__CUDA_ARCH__)
   if constexpr (std::is_same_v<T, __half>) {
@@ -65,14 +65,15 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[
   for (int i = 0; i < 4; ++i) mine.a[i] = a[i];
   for (int i = 0; i < 2; ++i) mine.b[i] = b[i];
   for (int i = 0; i < 4; ++i) mine.c[i] = c[i];
-  fastattn_emu::warp_sync_point(0xffffffffu, what);  // every lane has deposited
+  fastattn_emu::warp_sync_point(0xffffffffu, what, call_file, call_line);  // every lane has deposited
   if (!scratch->done) {
     emu_matrix::mma_m16n8k16_warp(scratch->in, kF16 ? emu_matrix::Elem::kF16 : emu_matrix::Elem::kBF16, scratch->d);
     scratch->done = 1;
   }
   float out[4];
   for (int i = 0; i < 4; ++i) out[i] = scratch->d[lane][i];
-  fastattn_emu::warp_sync_point(0xffffffffu, what);  // every lane has read; the scratch area is free again
+  // Every lane has read: the scratch area is free again.
+  fastattn_emu::warp_sync_point(0xffffffffu, what, call_file, call_line);
   for (int i = 0; i < 4; ++i) d[i] = out[i];
 #else
   // nvcc's host pass: device functions are parsed but never run here.

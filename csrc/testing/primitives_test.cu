@@ -3,6 +3,7 @@
 // 128-thread block per 64 x 64 output tile (the GEMM that chains cp.async -> shared -> ldmatrix -> mma the
 // way the attention kernels do).
 #include <cstdint>
+#include <cstring>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -211,7 +212,7 @@ constexpr int kGemmThreads = 128;
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads)
     gemm_test_kernel(const T* __restrict__ a, const T* __restrict__ b, float* __restrict__ c, int64_t n, int64_t k,
-                     bool planted) {
+                     int planted) {
   __shared__ __align__(16) T sa[2][kBM * kSA];  // (64, 32) tile of a per stage
   __shared__ __align__(16) T sb[2][kBK * kSB];  // (32, 64) tile of b per stage
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -246,7 +247,7 @@ __global__ void __launch_bounds__(kGemmThreads)
     if (kt + 1 < k_tiles) {
       load_tile(static_cast<int>((kt + 1) & 1), kt + 1);
       cp_async_commit_group();
-    } else if (!planted) {
+    } else if (planted != kGemmMissingWait) {
       cp_async_commit_group();  // empty group: keeps "all but the newest group" == "up to tile kt"
     }
     cp_async_wait_group<1>();
@@ -278,7 +279,7 @@ __global__ void __launch_bounds__(kGemmThreads)
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) mma_m16n8k16<T>(acc[mi][ni], fa[mi], fb[ni], acc[mi][ni]);
     }
-    __syncthreads();
+    if (planted != kGemmMissingBarrier) __syncthreads();  // the next iteration refills this stage
   }
 
   const int g = frag::group_of(lane), t = frag::thread_in_group(lane);
@@ -344,21 +345,35 @@ cudaError_t cp_async_test(const float* src, float* out, int bytes, bool planted_
 }
 
 cudaError_t gemm_test(const void* a, const void* b, float* c, int64_t m, int64_t n, int64_t k, DType dtype,
-                      bool planted_missing_wait, cudaStream_t stream) {
+                      int planted, cudaStream_t stream) {
   if (!is_mma_dtype(dtype) || m < 0 || n < 0 || k < kBK || m % kBM || n % kBN || k % kBK) return cudaErrorInvalidValue;
+  if (planted < kGemmCorrect || planted > kGemmMissingBarrier) return cudaErrorInvalidValue;
   if (m / kBM > 65535) return cudaErrorInvalidValue;
   if (m == 0 || n == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(n / kBN), static_cast<unsigned>(m / kBM));
   if (dtype == DType::kFloat16) {
     FASTATTN_LAUNCH((gemm_test_kernel<__half>), grid, kGemmThreads, 0, stream, static_cast<const __half*>(a),
-                    static_cast<const __half*>(b), c, n, k, planted_missing_wait);
+                    static_cast<const __half*>(b), c, n, k, planted);
   } else {
     FASTATTN_LAUNCH((gemm_test_kernel<__nv_bfloat16>), grid, kGemmThreads, 0, stream,
-                    static_cast<const __nv_bfloat16*>(a), static_cast<const __nv_bfloat16*>(b), c, n, k,
-                    planted_missing_wait);
+                    static_cast<const __nv_bfloat16*>(a), static_cast<const __nv_bfloat16*>(b), c, n, k, planted);
   }
   return cudaGetLastError();
 }
 
 }  // namespace testing
 }  // namespace fastattn
+
+#if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
+extern "C" __attribute__((visibility("default"))) int fastattn_emu_set_cp_async_landing(const char* mode) {
+  using fastattn::detail::CpAsyncLanding;
+  if (std::strcmp(mode, "at_wait") == 0) {
+    fastattn::detail::cp_async_landing() = CpAsyncLanding::kAtWait;
+  } else if (std::strcmp(mode, "at_issue") == 0) {
+    fastattn::detail::cp_async_landing() = CpAsyncLanding::kAtIssue;
+  } else {
+    return -1;
+  }
+  return 0;
+}
+#endif

@@ -42,10 +42,18 @@ cudaError_t cp_async_test(const float* src, float* out, int bytes, bool planted_
 
 // c (m x n f32) = a (m x k) * b (k x n), 64 x 64 tiles per 128-thread block, k in steps of 32 through a
 // two-stage cp.async pipeline, ldmatrix.x4 for A, ldmatrix.x4.trans for B, mma.m16n8k16.
-// m, n multiples of 64, k a multiple of 32 (else cudaErrorInvalidValue).
-// planted_missing_wait: the tail commits no empty group, so the last k tile is read before it lands.
+// m, n multiples of 64, k a multiple of 32 (else cudaErrorInvalidValue). `planted` picks a bug the tests
+// must catch: kGemmMissingWait: the tail commits no empty group, so the last k tile is read before it
+// lands; kGemmMissingBarrier: no __syncthreads between computing on a stage and refilling it.
+enum GemmPlanted : int { kGemmCorrect = 0, kGemmMissingWait = 1, kGemmMissingBarrier = 2 };
 cudaError_t gemm_test(const void* a, const void* b, float* c, int64_t m, int64_t n, int64_t k, DType dtype,
-                      bool planted_missing_wait, cudaStream_t stream);
+                      int planted, cudaStream_t stream);
 
 }  // namespace testing
 }  // namespace fastattn
+
+#if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
+// Emulated build only: when emulated cp.async copies land, "at_wait" (default) or "at_issue"
+// (csrc/common/cp_async.cuh); returns 0, or -1 for another name. Exported for the tests (ctypes).
+extern "C" __attribute__((visibility("default"))) int fastattn_emu_set_cp_async_landing(const char* mode);
+#endif

@@ -137,11 +137,17 @@ static void fill_deposits(emu::MmaDeposit* dep, const uint16_t (&a)[16][16], con
   for (int l = 0; l < 32; ++l) {
     for (int r = 0; r < 4; ++r) {
       dep[l].a[r] = 0;
-      for (int h = 0; h < 2; ++h) dep[l].a[r] |= uint32_t(a[frag::mma_a(l, r, h).row][frag::mma_a(l, r, h).col]) << (16 * h);
+      for (int h = 0; h < 2; ++h) {
+        const RowCol e = frag::mma_a(l, r, h);
+        dep[l].a[r] |= uint32_t(a[e.row][e.col]) << (16 * h);
+      }
     }
     for (int r = 0; r < 2; ++r) {
       dep[l].b[r] = 0;
-      for (int h = 0; h < 2; ++h) dep[l].b[r] |= uint32_t(b[frag::mma_b(l, r, h).row][frag::mma_b(l, r, h).col]) << (16 * h);
+      for (int h = 0; h < 2; ++h) {
+        const RowCol e = frag::mma_b(l, r, h);
+        dep[l].b[r] |= uint32_t(b[e.row][e.col]) << (16 * h);
+      }
     }
     for (int i = 0; i < 4; ++i) dep[l].c[i] = c[frag::mma_c(l, i).row][frag::mma_c(l, i).col];
   }
