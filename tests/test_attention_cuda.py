@@ -97,7 +97,7 @@ def _run_fwd(b, hq, hkv, sq, sk, d, dtype, *, causal=False, scale=None, bias_sha
 # ----------------------------------------------------------------------------------------------------------
 
 # (B, Hq, Hkv, Sq, Sk, D, causal): GQA, MQA, Sq != Sk both ways, causal rows that see no key (Sq > Sk), several
-# query tiles (64 rows) and key blocks (64 keys, 32 at D = 256), ragged edges.
+# query tiles (64 rows) and key blocks (64 keys, 32 at D = 256), ragged edges, more key blocks than stages.
 CASES = {
     "mha-sq5-sk37-d32": (2, 2, 2, 5, 37, 32, False),
     "gqa4:2-causal-sq17<sk70-d64": (1, 4, 2, 17, 70, 64, True),
@@ -105,6 +105,9 @@ CASES = {
     "gqa4:2-sq66>sk20-d64": (1, 4, 2, 66, 20, 64, False),
     "causal-sq1-sk1-d64": (2, 1, 1, 1, 1, 64, True),
     "causal-sq80-sk80-d32": (1, 1, 1, 80, 80, 32, True),
+    # 3 key blocks: the 2-stage pipeline refills a stage (a missing barrier before the refill shows here)
+    "gqa2:1-sq9-sk150-d32": (1, 2, 1, 9, 150, 32, False),
+    "causal-sq66-sk140-d32": (1, 1, 1, 66, 140, 32, True),
 }
 
 
@@ -421,6 +424,50 @@ def test_decode_num_splits_heuristic():
     assert _cuda.decode_num_splits(1, 8, 1, 16, dev) == 1  # too few keys to split
     assert "float32" in _cuda.unsupported_decode(torch.zeros(1, 2, 32), torch.zeros(1, 1, 4, 32),
                                                  torch.zeros(1, 1, 4, 32), torch.zeros(1, dtype=torch.int32))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Races: every thread order and cp.async landing time the emulation can produce gives the same bits
+# ----------------------------------------------------------------------------------------------------------
+
+SCHEDULES = ("forward", "reversed", "random", "warp_greedy")
+
+
+@pytest.mark.skipif(not EMULATED, reason="thread orders and copy landing times are the emulation's settings")
+def test_same_bits_under_every_schedule_and_landing():
+    """Forward, backward and decode over 3+ key blocks (a pipeline stage is refilled) with every warp's rows in
+    use: a missing barrier or wait would make some (schedule, landing) pair differ or fail the reference."""
+    import ctypes
+
+    from fastattn import _emu
+
+    lib = _emu.load_settings(_emu.build_extension())
+    lib.fastattn_emu_set_cp_async_landing.argtypes = [ctypes.c_char_p]
+    q, k, v = _inputs(1, 2, 1, 66, 140, 32, torch.float16, seed=61)
+    dout = randn(1, 2, 66, 32, dtype=torch.float16, device=DEV, seed=62)
+    qd, kc, vc, lens = _decode_inputs(2, 4, 2, 140, 32, torch.float16, [140, 100], seed=63)
+    runs = {}
+    try:
+        for landing in ("at_wait", "at_issue"):
+            for sch in SCHEDULES:
+                assert lib.fastattn_emu_set_schedule(sch.encode()) == 0
+                assert lib.fastattn_emu_set_cp_async_landing(landing.encode()) == 0
+                out, lse = _cuda.attention_fwd(q, k, v, None, None, True, 0.2)
+                grads = _cuda.attention_bwd(dout, q, k, v, out, lse, None, None, True, 0.2, False)[:3]
+                dec = _cuda.decode_attention(qd, kc, vc, lens, 0.2, num_splits=1)
+                runs[(landing, sch)] = (out, lse, *grads, dec)
+    finally:
+        lib.fastattn_emu_set_schedule(b"rotate")
+        lib.fastattn_emu_set_cp_async_landing(b"at_wait")
+    first = runs[("at_wait", "forward")]
+    for key, got in runs.items():
+        for a, b in zip(got, first):
+            assert torch.equal(a, b), key
+    ref_out, ref_lse = _ref(q, k, v, causal=True, scale=0.2)
+    assert_rel(first[0], ref_out, REL_TOL[torch.float16])
+    _assert_lse(first[1], ref_lse)
+    want = reference.decode_attention(qd.double(), kc.double(), vc.double(), lens, scale=0.2)
+    assert_rel(first[5], want, REL_TOL[torch.float16])
 
 
 # ----------------------------------------------------------------------------------------------------------
