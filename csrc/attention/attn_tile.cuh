@@ -53,7 +53,9 @@ __device__ __forceinline__ void load_tile_async(T* tile, const T* base, int64_t 
   constexpr int C = D / 8;
   constexpr int kPerThread = R * C / kThreads;
   static_assert(kPerThread * kThreads == R * C, "tile chunks must divide evenly among the threads");
-#pragma unroll
+  // Partly unrolled when a thread has many copies (the one-warp decode kernel): fully unrolled, their
+  // addresses stay live at once and cost registers.
+#pragma unroll 8
   for (int i = 0; i < kPerThread; ++i) {
     const int q = tid + i * kThreads;
     const int r = q / C, c = q % C;
