@@ -3,9 +3,10 @@
 
 Without a GPU the kernels run in the emulated build (FASTATTN_CUDA_EMULATE=1, set by conftest): the same csrc
 sources compiled for the CPU, each CUDA thread a fiber, the tensor-core primitives emulated by their PTX fragment
-layouts. Emulation is slow, so the cases here are tiny and odd-sized (S <= 80, D in {32, 64} and one case of each
-larger head dim); outputs are filled with NaN by the emulated binding before the kernel runs (poisoned), so an
-element the kernel fails to write fails the test. The gpu-marked cases are larger and hold the kernels to
+layouts. Emulation is slow, so the cases here are tiny and odd-sized (S <= 80, two cases with 140-150 keys so
+that a pipeline stage is refilled, D in {32, 64} and one case of each larger head dim; more cases are marked
+slow); outputs are filled with NaN by the emulated binding before the kernel runs (poisoned), so an element the
+kernel fails to write fails the test. The gpu-marked cases are larger and hold the kernels to
 FlashAttention's rule (error <= 2x PyTorch's own low-precision error against float64).
 """
 import math
@@ -322,6 +323,12 @@ def test_dbias_broadcast(bias_shape):
     _run_bwd(b, hq, hkv, sq, sk, d, torch.float16, causal=bias_shape == "B,H,1,Sk", bias_shape=shape, seed=11)
 
 
+def test_dbias_causal_with_skipped_query_blocks():
+    """Causal, D = 128 (16-row query blocks in dK/dV): the key block 64.. skips queries 0..31, whose dbias must
+    still be written (0), not left as the buffer's contents (NaN in the emulated build)."""
+    _run_bwd(1, 2, 1, 40, 70, 128, torch.float16, causal=True, bias_shape=(1, 2, 40, 70), seed=27)
+
+
 def test_backward_key_padding_bshd():
     kpm = torch.rand(2, 29, generator=torch.Generator().manual_seed(4)) > 0.3
     kpm[1] = False  # every key padded: zero gradients for that batch row
@@ -342,6 +349,22 @@ def test_backward_is_deterministic():
 
     for a, b in zip(grads(), grads()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES), ids=str)
+def test_backward_every_forward_case_bf16(case):
+    b, hq, hkv, sq, sk, d, causal = CASES[case]
+    _run_bwd(b, hq, hkv, sq, sk, d, torch.bfloat16, causal=causal, seed=5 + sk)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("d", [64, 96, 128])
+def test_backward_everything_slow(d):
+    kpm = torch.rand(2, 83, generator=torch.Generator().manual_seed(d)) > 0.25
+    kpm = kpm.to(DEV)
+    _run_bwd(2, 4, 2, 70, 83, d, torch.float16, causal=True, bias_shape=(2, 4, 70, 83), kpm=kpm, bshd=True,
+             seed=d + 3)
 
 
 def test_backward_head_dim_256_is_refused():

@@ -11,7 +11,8 @@
 //   mma.m16n8k16 with keys as the M rows:  S^T = K Q^T,  P^T = exp2(S^T scale log2 e + bias log2 e - lse log2 e)
 //   (0 where masked or lse = -inf),  dV += P^T dO,  dP^T = V dO^T,  dS^T = P^T (dP^T - delta),  dK += dS^T Q.
 //   dS is also written to the fp32 dbias buffer when asked (one writer per element). Causal: query blocks
-//   before the first query that sees key n0 are skipped; every block applies the full mask (v1).
+//   before the first query that sees key n0 are skipped (their dbias entries are written as 0); every block
+//   applies the full mask (v1).
 //
 // attn_bwd_dq_kernel<T, D>
 //   Grid (ceil(Sq / 64), Hq, B), 4 warps of 16 query rows; Q and dO loaded once, K and V per key block (one
@@ -148,6 +149,9 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_kernel(const AttnBwdParams 
     const float* delta_h = p.delta + (b * p.heads_q + h) * sq;
     const int64_t bias_bh = b * p.bias_stride[0] + h * p.bias_stride[1];
     float* dbias_h = p.dbias != nullptr ? p.dbias + (b * p.heads_q + h) * sq * sk : nullptr;
+    if (dbias_h != nullptr) {  // the skipped query blocks see none of these keys: their dS is 0
+      for (int64_t e = tid; e < m_first * rows_k; e += kThreads) dbias_h[(e / rows_k) * sk + n0 + e % rows_k] = 0.0f;
+    }
     for (int64_t m0 = m_first; m0 < sq; m0 += BM) {
       const int rows_q = static_cast<int>(sq - m0 < BM ? sq - m0 : BM);
       attn::load_tile_async<T, BM, D, kThreads>(sQ, qh + m0 * p.q_stride[2], p.q_stride[2], rows_q, tid);
