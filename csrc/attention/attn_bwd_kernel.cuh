@@ -129,16 +129,23 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_kernel(const AttnBwdParams 
   attn::load_tile_async<T, BN, D, kThreads>(sV, vb, p.v_stride[2], rows_k, tid);
   cp_async_commit_group();
 
+  // Causal: query i sees key j iff i >= j - diag; the first query that sees key n0.
+  int64_t m_first = 0;
+  if (p.causal && n0 - diag > 0) m_first = n0 - diag;
+  m_first = (m_first / BM) * BM;
+  if (p.dbias != nullptr && m_first > 0) {  // the skipped query blocks see none of these keys: their dS is 0
+    for (int64_t hh = 0; hh < group; ++hh) {
+      float* db = p.dbias + (b * p.heads_q + hk * group + hh) * sq * sk + n0;
+      for (int64_t e = tid; e < m_first * rows_k; e += kThreads) db[(e / rows_k) * sk + e % rows_k] = 0.0f;
+    }
+  }
+
   float dk[OT][4], dv[OT][4];
 #pragma unroll
   for (int i = 0; i < OT; ++i)
 #pragma unroll
     for (int r = 0; r < 4; ++r) dk[i][r] = dv[i][r] = 0.0f;
 
-  // Causal: query i sees key j iff i >= j - diag; the first query that sees key n0.
-  int64_t m_first = 0;
-  if (p.causal && n0 - diag > 0) m_first = n0 - diag;
-  m_first = (m_first / BM) * BM;
   const int64_t keys[2] = {n0 + warp * 16 + g, n0 + warp * 16 + g + 8};  // this thread's two key rows
 
   for (int64_t hh = 0; hh < group; ++hh) {
@@ -149,9 +156,6 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_kernel(const AttnBwdParams 
     const float* delta_h = p.delta + (b * p.heads_q + h) * sq;
     const int64_t bias_bh = b * p.bias_stride[0] + h * p.bias_stride[1];
     float* dbias_h = p.dbias != nullptr ? p.dbias + (b * p.heads_q + h) * sq * sk : nullptr;
-    if (dbias_h != nullptr) {  // the skipped query blocks see none of these keys: their dS is 0
-      for (int64_t e = tid; e < m_first * rows_k; e += kThreads) dbias_h[(e / rows_k) * sk + n0 + e % rows_k] = 0.0f;
-    }
     for (int64_t m0 = m_first; m0 < sq; m0 += BM) {
       const int rows_q = static_cast<int>(sq - m0 < BM ? sq - m0 : BM);
       attn::load_tile_async<T, BM, D, kThreads>(sQ, qh + m0 * p.q_stride[2], p.q_stride[2], rows_q, tid);
