@@ -14,6 +14,8 @@
 #endif
 
 #include <cmath>
+#include <cstdint>
+#include <tuple>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -25,6 +27,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include "attention/attn_bwd.h"
+#include "attention/attn_decode.h"
+#include "attention/attn_fwd.h"
 #include "common/dtype.h"
 #include "softmax/softmax_fwd.h"
 // ---- cudasmp: softmax backward, sampling ----
@@ -281,6 +286,295 @@ at::Tensor top_k_top_p_filter_cuda(const at::Tensor& logits, const std::optional
 
 // ---- end cudasmp ----
 
+// Attention (csrc/attention/). Inputs are checked here; fastattn/_cuda.py prepares them (alignment copies,
+// bias dtype) so that these checks hold, and its probes turn every other unsupported call into a reason.
+// ---------------------------------------------------------------------------------------------------------
+// A (B, H, S, D) operand as the kernels read it: unit stride along D, other strides multiples of 8 elements
+// and a 16-byte aligned base (cp.async copies 16-byte chunks of rows).
+void check_attn_operand(const at::Tensor& t, const at::Tensor& q, const char* op, const char* name) {
+  TORCH_CHECK(on_kernel_device(t) && t.device() == q.device(), "fastattn::", op, ": ", name, " must be a ",
+              kDeviceWord, " tensor on ", q.device(), ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == q.scalar_type(), "fastattn::", op, ": ", name, " must have q's dtype ",
+              q.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 4, "fastattn::", op, ": ", name, " must be 4-D (B, H, S, D), got shape ", t.sizes());
+  bool ok = t.stride(3) == 1 || t.size(3) <= 1;
+  for (int i = 0; i < 3; ++i) ok = ok && (t.stride(i) % 8 == 0 || t.size(i) <= 1);
+  ok = ok && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
+  TORCH_CHECK(ok, "fastattn::", op, ": ", name, " must have stride 1 along D, strides that are multiples of 8 "
+              "elements and a 16-byte aligned address, got strides ", t.strides(), "; call .contiguous() first");
+}
+
+// attn_fwd_cuda(q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D), bias?, key_padding_mask? (B, Sk) bool, causal, scale)
+//   -> (out (B, Hq, Sq, D) contiguous in q's dtype, lse (B, Hq, Sq) float32)
+// bias: fp32/fp16/bf16, 4-D, broadcastable to (B, Hq, Sq, Sk) (read through expanded strides, 0 where broadcast).
+at::Tensor check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& q, const char* op,
+                      at::IntArrayRef full) {
+  const at::Tensor& bt = *bias;
+  TORCH_CHECK(on_kernel_device(bt) && bt.device() == q.device(), "fastattn::", op, ": bias must be on ", q.device(),
+              ", got ", bt.device());
+  TORCH_CHECK(bt.scalar_type() == at::kFloat || bt.scalar_type() == at::kHalf || bt.scalar_type() == at::kBFloat16,
+              "fastattn::", op, ": bias must be float32, float16 or bfloat16, got ", bt.scalar_type());
+  TORCH_CHECK(bt.dim() == 4, "fastattn::", op, ": bias must be 4-D, broadcastable to ", full, ", got shape ",
+              bt.sizes());
+  for (int i = 0; i < 4; ++i)
+    TORCH_CHECK(bt.size(i) == full[i] || bt.size(i) == 1, "fastattn::", op, ": bias of shape ", bt.sizes(),
+                " does not broadcast to ", full);
+  return bt.expand(full);
+}
+
+std::tuple<at::Tensor, at::Tensor> attn_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                 const std::optional<at::Tensor>& bias,
+                                                 const std::optional<at::Tensor>& key_padding_mask, bool causal,
+                                                 double scale) {
+  constexpr const char* op = "attn_fwd_cuda";
+  TORCH_CHECK(on_kernel_device(q), "fastattn::", op, ": q must be a ", kDeviceWord, " tensor, got device ",
+              q.device());
+  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastattn::", op,
+              ": q must be float16 or bfloat16, got ", q.scalar_type());
+  check_attn_operand(q, q, op, "q");
+  check_attn_operand(k, q, op, "k");
+  check_attn_operand(v, q, op, "v");
+  const int64_t b = q.size(0), hq = q.size(1), sq = q.size(2), d = q.size(3);
+  const int64_t hkv = k.size(1), sk = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == b && k.size(3) == d, "fastattn::", op,
+              ": k and v must both be (B=", b, ", Hkv, Sk, D=", d, "), got ", k.sizes(), " and ", v.sizes());
+  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "fastattn::", op, ": Hq=", hq, " must be a multiple of Hkv=", hkv);
+  TORCH_CHECK(attn_fwd_supported_head_dim(static_cast<int>(d)), "fastattn::", op, ": head dim ", d,
+              " has no kernel (32, 64, 96, 128, 256)");
+  TORCH_CHECK(b <= 65535 && hq <= 65535, "fastattn::", op, ": batch and heads must be <= 65535, got ", b, " and ", hq);
+  const int64_t full_arr[4] = {b, hq, sq, sk};
+  const at::IntArrayRef full(full_arr, 4);
+  at::Tensor bias_e;
+  if (bias.has_value()) bias_e = check_bias(bias, q, op, full);
+  if (key_padding_mask.has_value()) {
+    const at::Tensor& m = *key_padding_mask;
+    TORCH_CHECK(on_kernel_device(m) && m.device() == q.device() && m.scalar_type() == at::kBool, "fastattn::", op,
+                ": key_padding_mask must be a bool tensor on ", q.device(), ", got ", m.scalar_type(), " on ",
+                m.device());
+    TORCH_CHECK(m.dim() == 2 && m.size(0) == b && m.size(1) == sk && (m.stride(1) == 1 || sk <= 1), "fastattn::",
+                op, ": key_padding_mask must be (B, Sk) = (", b, ", ", sk, ") with stride 1 along Sk, got shape ",
+                m.sizes(), " and strides ", m.strides());
+  }
+
+  at::Tensor out = at::empty({b, hq, sq, d}, q.options());
+  at::Tensor lse = at::empty({b, hq, sq}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {out, lse};
+  if (sk == 0) {  // nothing to attend to
+    out.zero_();
+    lse.fill_(-INFINITY);
+    return {out, lse};
+  }
+
+#if defined(FASTATTN_EMULATE)
+  out.fill_(NAN);  // poisoned: an element the kernel fails to write shows up in the emulated tests
+  lse.fill_(NAN);
+#endif
+  const DeviceGuard guard(q.device());
+  AttnFwdParams p{};
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.bias = bias.has_value() ? bias_e.const_data_ptr() : nullptr;
+  p.bias_dtype = bias.has_value() ? static_cast<int>(to_dtype(bias_e, op, "bias")) : 0;
+  p.key_padding = key_padding_mask.has_value()
+                      ? reinterpret_cast<const uint8_t*>(key_padding_mask->const_data_ptr<bool>()) : nullptr;
+  p.out = out.mutable_data_ptr();
+  p.lse = lse.mutable_data_ptr<float>();
+  p.batch = b;
+  p.heads_q = hq;
+  p.heads_kv = hkv;
+  p.seqlen_q = sq;
+  p.seqlen_k = sk;
+  for (int i = 0; i < 4; ++i) {
+    p.q_stride[i] = q.stride(i);
+    p.k_stride[i] = k.stride(i);
+    p.v_stride[i] = v.stride(i);
+    p.out_stride[i] = out.stride(i);
+    p.bias_stride[i] = bias.has_value() ? bias_e.stride(i) : 0;
+  }
+  p.kpm_stride_b = key_padding_mask.has_value() ? key_padding_mask->stride(0) : 0;
+  for (int i = 0; i < 3; ++i) p.lse_stride[i] = lse.stride(i);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  p.causal = causal;
+  check_cuda(attn_fwd(p, to_dtype(q, op, "q"), static_cast<int>(d), current_stream(q)), op);
+  return {out, lse};
+}
+
+// attn_bwd_cuda(dout, q, k, v, out, lse, bias?, key_padding_mask?, causal, scale, bias_requires_grad)
+//   -> (dq (B, Hq, Sq, D), dk, dv (B, Hkv, Sk, D) contiguous in the inputs' dtype,
+//       dbias: fp32 (B, Hq, Sq, Sk) holding dS when bias_requires_grad (the caller sums broadcast dims), else (0,))
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd_cuda(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_padding_mask,
+    bool causal, double scale, bool bias_requires_grad) {
+  constexpr const char* op = "attn_bwd_cuda";
+  TORCH_CHECK(on_kernel_device(q), "fastattn::", op, ": q must be a ", kDeviceWord, " tensor, got device ",
+              q.device());
+  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastattn::", op,
+              ": q must be float16 or bfloat16, got ", q.scalar_type());
+  check_attn_operand(q, q, op, "q");
+  check_attn_operand(k, q, op, "k");
+  check_attn_operand(v, q, op, "v");
+  check_attn_operand(out, q, op, "out");
+  check_attn_operand(dout, q, op, "dout");
+  const int64_t b = q.size(0), hq = q.size(1), sq = q.size(2), d = q.size(3);
+  const int64_t hkv = k.size(1), sk = k.size(2);
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == b && k.size(3) == d, "fastattn::", op,
+              ": k and v must both be (B=", b, ", Hkv, Sk, D=", d, "), got ", k.sizes(), " and ", v.sizes());
+  TORCH_CHECK(out.sizes() == q.sizes() && dout.sizes() == q.sizes(), "fastattn::", op,
+              ": out and dout must have q's shape ", q.sizes(), ", got ", out.sizes(), " and ", dout.sizes());
+  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "fastattn::", op, ": Hq=", hq, " must be a multiple of Hkv=", hkv);
+  TORCH_CHECK(attn_bwd_supported_head_dim(static_cast<int>(d)), "fastattn::", op, ": head dim ", d,
+              " has no backward kernel (32, 64, 96, 128)");
+  TORCH_CHECK(b <= 65535 && hq <= 65535, "fastattn::", op, ": batch and heads must be <= 65535, got ", b, " and ", hq);
+  TORCH_CHECK(on_kernel_device(lse) && lse.device() == q.device() && lse.scalar_type() == at::kFloat &&
+                  lse.dim() == 3 && lse.size(0) == b && lse.size(1) == hq && lse.size(2) == sq,
+              "fastattn::", op, ": lse must be float32 (B, Hq, Sq) on ", q.device(), ", got ", lse.scalar_type(),
+              " ", lse.sizes());
+  const int64_t full_arr[4] = {b, hq, sq, sk};
+  const at::IntArrayRef full(full_arr, 4);
+  at::Tensor bias_e;
+  if (bias.has_value()) bias_e = check_bias(bias, q, op, full);
+  TORCH_CHECK(!bias_requires_grad || bias.has_value(), "fastattn::", op, ": bias_requires_grad without a bias");
+  if (key_padding_mask.has_value()) {
+    const at::Tensor& m = *key_padding_mask;
+    TORCH_CHECK(on_kernel_device(m) && m.device() == q.device() && m.scalar_type() == at::kBool && m.dim() == 2 &&
+                    m.size(0) == b && m.size(1) == sk && (m.stride(1) == 1 || sk <= 1),
+                "fastattn::", op, ": key_padding_mask must be a bool (B, Sk) tensor with stride 1 along Sk");
+  }
+
+  at::Tensor dq = at::empty({b, hq, sq, d}, q.options());
+  at::Tensor dk = at::empty({b, hkv, sk, d}, q.options());
+  at::Tensor dv = at::empty({b, hkv, sk, d}, q.options());
+  at::Tensor dbias = bias_requires_grad ? at::empty({b, hq, sq, sk}, q.options().dtype(at::kFloat))
+                                        : at::empty({0}, q.options().dtype(at::kFloat));
+  if (q.numel() == 0 || k.numel() == 0) {  // no score at all: every gradient is 0
+    dq.zero_();
+    dk.zero_();
+    dv.zero_();
+    dbias.zero_();
+    return {dq, dk, dv, dbias};
+  }
+  at::Tensor delta = at::empty({b, hq, sq}, q.options().dtype(at::kFloat));
+#if defined(FASTATTN_EMULATE)
+  for (at::Tensor* t : {&dq, &dk, &dv, &dbias, &delta}) t->fill_(NAN);  // poisoned (see attn_fwd_cuda)
+#endif
+  const DeviceGuard guard(q.device());
+  AttnBwdParams p{};
+  p.q = q.const_data_ptr();
+  p.k = k.const_data_ptr();
+  p.v = v.const_data_ptr();
+  p.out = out.const_data_ptr();
+  p.dout = dout.const_data_ptr();
+  p.lse = lse.const_data_ptr<float>();
+  p.bias = bias.has_value() ? bias_e.const_data_ptr() : nullptr;
+  p.bias_dtype = bias.has_value() ? static_cast<int>(to_dtype(bias_e, op, "bias")) : 0;
+  p.key_padding = key_padding_mask.has_value()
+                      ? reinterpret_cast<const uint8_t*>(key_padding_mask->const_data_ptr<bool>()) : nullptr;
+  p.delta = delta.mutable_data_ptr<float>();
+  p.dq = dq.mutable_data_ptr();
+  p.dk = dk.mutable_data_ptr();
+  p.dv = dv.mutable_data_ptr();
+  p.dbias = bias_requires_grad ? dbias.mutable_data_ptr<float>() : nullptr;
+  p.batch = b;
+  p.heads_q = hq;
+  p.heads_kv = hkv;
+  p.seqlen_q = sq;
+  p.seqlen_k = sk;
+  for (int i = 0; i < 4; ++i) {
+    p.q_stride[i] = q.stride(i);
+    p.k_stride[i] = k.stride(i);
+    p.v_stride[i] = v.stride(i);
+    p.out_stride[i] = out.stride(i);
+    p.dout_stride[i] = dout.stride(i);
+    p.bias_stride[i] = bias.has_value() ? bias_e.stride(i) : 0;
+  }
+  p.kpm_stride_b = key_padding_mask.has_value() ? key_padding_mask->stride(0) : 0;
+  for (int i = 0; i < 3; ++i) p.lse_stride[i] = lse.stride(i);
+  p.scale = static_cast<float>(scale);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  p.causal = causal;
+  check_cuda(attn_bwd(p, to_dtype(q, op, "q"), static_cast<int>(d), current_stream(q)), op);
+  return {dq, dk, dv, dbias};
+}
+
+// attn_decode_cuda(q (B, Hq, D), k_cache, v_cache (B, Hkv, Smax, D), cache_seqlens int32 (B,), scale, num_splits)
+//   -> out (B, Hq, D) contiguous in q's dtype. Lengths are clamped to [0, Smax] in the kernel; num_splits (>= 1)
+//   is the caller's heuristic, rounded here to whole 32-key blocks per split.
+at::Tensor attn_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& cache_seqlens, double scale, int64_t num_splits) {
+  constexpr const char* op = "attn_decode_cuda";
+  TORCH_CHECK(on_kernel_device(q), "fastattn::", op, ": q must be a ", kDeviceWord, " tensor, got device ",
+              q.device());
+  TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastattn::", op,
+              ": q must be float16 or bfloat16, got ", q.scalar_type());
+  TORCH_CHECK(q.dim() == 3, "fastattn::", op, ": q must be (B, Hq, D), got shape ", q.sizes());
+  const int64_t b = q.size(0), hq = q.size(1), d = q.size(2);
+  bool q_ok = q.stride(2) == 1 || d <= 1;
+  for (int i = 0; i < 2; ++i) q_ok = q_ok && (q.stride(i) % 8 == 0 || q.size(i) <= 1);
+  q_ok = q_ok && reinterpret_cast<uintptr_t>(q.const_data_ptr()) % 16 == 0;
+  TORCH_CHECK(q_ok, "fastattn::", op, ": q must have stride 1 along D, strides that are multiples of 8 elements and "
+              "a 16-byte aligned address, got strides ", q.strides());
+  check_attn_operand(k_cache, q, op, "k_cache");
+  check_attn_operand(v_cache, q, op, "v_cache");
+  TORCH_CHECK(k_cache.sizes() == v_cache.sizes() && k_cache.size(0) == b && k_cache.size(3) == d, "fastattn::", op,
+              ": k_cache and v_cache must both be (B=", b, ", Hkv, Smax, D=", d, "), got ", k_cache.sizes(), " and ",
+              v_cache.sizes());
+  const int64_t hkv = k_cache.size(1), smax = k_cache.size(2);
+  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "fastattn::", op, ": Hq=", hq, " must be a multiple of Hkv=", hkv);
+  TORCH_CHECK(attn_fwd_supported_head_dim(static_cast<int>(d)), "fastattn::", op, ": head dim ", d,
+              " has no kernel (32, 64, 96, 128, 256)");
+  TORCH_CHECK(on_kernel_device(cache_seqlens) && cache_seqlens.device() == q.device() &&
+                  cache_seqlens.scalar_type() == at::kInt && cache_seqlens.dim() == 1 &&
+                  cache_seqlens.size(0) == b && cache_seqlens.is_contiguous(),
+              "fastattn::", op, ": cache_seqlens must be a contiguous int32 (B,) tensor on ", q.device());
+  TORCH_CHECK(num_splits >= 1, "fastattn::", op, ": num_splits must be >= 1, got ", num_splits);
+  TORCH_CHECK(b <= 65535, "fastattn::", op, ": batch must be <= 65535, got ", b);
+
+  at::Tensor out = at::empty({b, hq, d}, q.options());
+  if (out.numel() == 0) return out;
+  if (smax == 0) return out.zero_();
+  const int64_t blk = attn_decode_key_block(static_cast<int>(d));
+  int64_t splits = num_splits < smax ? num_splits : smax;
+  int64_t split_len = ((smax + splits - 1) / splits + blk - 1) / blk * blk;
+  splits = (smax + split_len - 1) / split_len;
+  at::Tensor o_part, lse_part;
+  if (splits > 1) {
+    o_part = at::empty({b, hq, splits, d}, q.options().dtype(at::kFloat));
+    lse_part = at::empty({b, hq, splits}, q.options().dtype(at::kFloat));
+  }
+#if defined(FASTATTN_EMULATE)
+  out.fill_(NAN);  // poisoned (see attn_fwd_cuda)
+  if (splits > 1) {
+    o_part.fill_(NAN);
+    lse_part.fill_(NAN);
+  }
+#endif
+  const DeviceGuard guard(q.device());
+  AttnDecodeParams p{};
+  p.q = q.const_data_ptr();
+  p.k = k_cache.const_data_ptr();
+  p.v = v_cache.const_data_ptr();
+  p.seqlens = cache_seqlens.const_data_ptr<int32_t>();
+  p.out = out.mutable_data_ptr();
+  p.o_part = splits > 1 ? o_part.mutable_data_ptr<float>() : nullptr;
+  p.lse_part = splits > 1 ? lse_part.mutable_data_ptr<float>() : nullptr;
+  p.batch = b;
+  p.heads_q = hq;
+  p.heads_kv = hkv;
+  p.max_seqlen = smax;
+  for (int i = 0; i < 3; ++i) p.q_stride[i] = q.stride(i);
+  for (int i = 0; i < 4; ++i) {
+    p.k_stride[i] = k_cache.stride(i);
+    p.v_stride[i] = v_cache.stride(i);
+  }
+  p.split_len = split_len;
+  p.num_splits = static_cast<int>(splits);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  check_cuda(attn_decode(p, to_dtype(q, op, "q"), static_cast<int>(d), current_stream(q)), op);
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Test kernels of the tensor-core and async-copy primitives (csrc/testing/primitives_test.h), called by
 // tests/test_cuda_primitives.py only. Outputs are filled with NaN before the kernel writes them.
@@ -391,6 +685,13 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.def("top_k_top_p_filter_cuda(Tensor logits, Tensor? temperature_t, float temperature, Tensor? top_k_t, "
         "int top_k, Tensor? top_p_t, float top_p, Tensor? min_p_t, float min_p) -> Tensor");
   // ---- end cudasmp ----
+  m.def("attn_fwd_cuda(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_padding_mask, bool causal, "
+        "float scale) -> (Tensor, Tensor)");
+  m.def("attn_bwd_cuda(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? bias, "
+        "Tensor? key_padding_mask, bool causal, float scale, bool bias_requires_grad) -> (Tensor, Tensor, Tensor, "
+        "Tensor)");
+  m.def("attn_decode_cuda(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float scale, "
+        "int num_splits) -> Tensor");
   // Test kernels of the primitives (tests/test_cuda_primitives.py); no fake kernels, not for tracing.
   m.def("_test_mma_cuda(Tensor a, Tensor b, Tensor c) -> Tensor");
   m.def("_test_ldmatrix_cuda(Tensor a, Tensor b, Tensor c, int a_mode, int b_mode) -> Tensor");
@@ -410,6 +711,9 @@ TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("sample_cuda", &fastattn::sample_cuda);
   m.impl("top_k_top_p_filter_cuda", &fastattn::top_k_top_p_filter_cuda);
   // ---- end cudasmp ----
+  m.impl("attn_fwd_cuda", &fastattn::attn_fwd_cuda);
+  m.impl("attn_bwd_cuda", &fastattn::attn_bwd_cuda);
+  m.impl("attn_decode_cuda", &fastattn::attn_decode_cuda);
   m.impl("_test_mma_cuda", &fastattn::test_mma_cuda);
   m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);
   m.impl("_test_cp_async_cuda", &fastattn::test_cp_async_cuda);

@@ -17,6 +17,9 @@ from pathlib import Path
 CSRC = Path(__file__).resolve().parent
 
 DTYPES = {"fp32": "float", "fp16": "__half", "bf16": "__nv_bfloat16"}
+MMA_DTYPES = {"fp16": "__half", "bf16": "__nv_bfloat16"}  # tensor-core kernels (attention)
+ATTN_HEAD_DIMS = (32, 64, 96, 128, 256)  # keep in sync with csrc/attention/attn_fwd.cu
+ATTN_BWD_HEAD_DIMS = (32, 64, 96, 128)  # keep in sync with csrc/attention/attn_bwd.cu
 
 # Each family: the folder its files go to, the template header, and one instantiation per variant.
 # To add e.g. attention forward per head dim x dtype:
@@ -44,6 +47,27 @@ FAMILIES = [
         "variants": [{"stem": f"sampling_{k}", "T": t} for k, t in DTYPES.items()],
     },
     # ---- end cudasmp ----
+    {
+        "dir": "attention/instantiations",
+        "header": "attention/attn_fwd_kernel.cuh",
+        "line": "template cudaError_t attn_fwd_launch<{T}, {D}>(const AttnFwdParams&, cudaStream_t);",
+        "variants": [{"stem": f"attn_fwd_hdim{d}_{k}", "T": MMA_DTYPES[k], "D": d}
+                     for d in ATTN_HEAD_DIMS for k in MMA_DTYPES],
+    },
+    {
+        "dir": "attention/instantiations",
+        "header": "attention/attn_bwd_kernel.cuh",
+        "line": "template cudaError_t attn_bwd_launch<{T}, {D}>(const AttnBwdParams&, cudaStream_t);",
+        "variants": [{"stem": f"attn_bwd_hdim{d}_{k}", "T": MMA_DTYPES[k], "D": d}
+                     for d in ATTN_BWD_HEAD_DIMS for k in MMA_DTYPES],
+    },
+    {
+        "dir": "attention/instantiations",
+        "header": "attention/attn_decode_kernel.cuh",
+        "line": "template cudaError_t attn_decode_launch<{T}, {D}>(const AttnDecodeParams&, cudaStream_t);",
+        "variants": [{"stem": f"attn_decode_hdim{d}_{k}", "T": MMA_DTYPES[k], "D": d}
+                     for d in ATTN_HEAD_DIMS for k in MMA_DTYPES],
+    },
 ]
 
 TEMPLATE = """\

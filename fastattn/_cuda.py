@@ -8,11 +8,18 @@ With FASTATTN_CUDA_EMULATE=1 set before fastattn is imported, ``status()`` build
 the emulated build instead (fastattn/_emu.py): the same csrc kernels compiled for the CPU, whose ops have the
 same names and schemas and take CPU tensors. ``build()`` says which one "cuda" is.
 
-Kernel functions here (the set fastattn/ops checks with ``hasattr``):
+Kernel functions here (the set fastattn/ops checks with ``hasattr``), with the signatures of
+fastattn/triton/attention's for attention:
     softmax_fwd(x2d, inv_temperature, inv_temp) -> y2d
     softmax_bwd(grad2d, y2d, inv_temperature, inv_temp) -> dx2d
     sample(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, seeds) -> tokens
     top_k_top_p_filter(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p) -> z
+    attention_fwd(q, k, v, bias, key_padding_mask, causal, scale) -> (out, lse)
+    attention_bwd(dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad)
+        -> (dq, dk, dv, dbias or None)
+    decode_attention(q, k_cache, v_cache, cache_seqlens, scale) -> out
+    unsupported_decode(q, k_cache, v_cache, cache_seqlens) -> None or a reason (metadata only)
+    unsupported_attention(q, k, v, bias, key_padding_mask, causal) -> None or a reason (metadata only)
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from torch import Tensor
 
 from . import _emu
 
-_OPS = ("softmax_fwd_cuda",)  # every op csrc/binding.cpp defines; all must be present
+_OPS = ("softmax_fwd_cuda", "attn_fwd_cuda", "attn_bwd_cuda", "attn_decode_cuda")  # every op csrc/binding.cpp defines; all must be present
 # ---- cudasmp: softmax backward, sampling ----
 _OPS += ("softmax_bwd_cuda", "sample_cuda", "top_k_top_p_filter_cuda")
 # ---- end cudasmp ----
@@ -149,6 +156,36 @@ def _register_fakes() -> None:
         return x.new_empty(x.shape)
 
     _register_fakes_cudasmp()
+    @torch.library.register_fake("fastattn::attn_fwd_cuda")
+    def _attn_fwd_cuda_fake(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+                            key_padding_mask: Optional[Tensor], causal: bool, scale: float):
+        torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
+                     lambda: "fastattn::attn_fwd_cuda: q, k and v must be 4-D (B, H, S, D)")
+        torch._check(q.dtype in (torch.float16, torch.bfloat16),
+                     lambda: f"fastattn::attn_fwd_cuda: q must be float16 or bfloat16, got {q.dtype}")
+        torch._check(q.shape[-1] in ATTN_HEAD_DIMS,
+                     lambda: f"fastattn::attn_fwd_cuda: head dim {q.shape[-1]} has no kernel {ATTN_HEAD_DIMS}")
+        b, hq, sq, d = q.shape
+        return q.new_empty((b, hq, sq, d)), q.new_empty((b, hq, sq), dtype=torch.float32)
+
+    @torch.library.register_fake("fastattn::attn_bwd_cuda")
+    def _attn_bwd_cuda_fake(dout, q, k, v, out, lse, bias, key_padding_mask, causal: bool, scale: float,
+                            bias_requires_grad: bool):
+        torch._check(q.dtype in (torch.float16, torch.bfloat16),
+                     lambda: f"fastattn::attn_bwd_cuda: q must be float16 or bfloat16, got {q.dtype}")
+        torch._check(q.shape[-1] in ATTN_BWD_HEAD_DIMS,
+                     lambda: f"fastattn::attn_bwd_cuda: head dim {q.shape[-1]} has no backward {ATTN_BWD_HEAD_DIMS}")
+        b, hq, sq, _ = q.shape
+        dbias = (q.new_empty((b, hq, sq, k.shape[2]), dtype=torch.float32) if bias_requires_grad
+                 else q.new_empty((0,), dtype=torch.float32))
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dbias
+
+    @torch.library.register_fake("fastattn::attn_decode_cuda")
+    def _attn_decode_cuda_fake(q, k_cache, v_cache, cache_seqlens, scale: float, num_splits: int):
+        torch._check(q.dim() == 3, lambda: "fastattn::attn_decode_cuda: q must be (B, Hq, D)")
+        torch._check(q.dtype in (torch.float16, torch.bfloat16),
+                     lambda: f"fastattn::attn_decode_cuda: q must be float16 or bfloat16, got {q.dtype}")
+        return q.new_empty(q.shape)
 
 
 def _require() -> None:
@@ -251,3 +288,157 @@ def top_k_top_p_filter(logits: Tensor, temperature_t: Optional[Tensor], temperat
                                                       top_k_t, int(top_k), top_p_t, float(top_p), min_p_t,
                                                       float(min_p))
 # ---- end cudasmp ----
+# ----------------------------------------------------------------------------------------------------------
+# Attention (csrc/attention/)
+# ----------------------------------------------------------------------------------------------------------
+
+ATTN_HEAD_DIMS = (32, 64, 96, 128, 256)  # the compiled head dims (csrc/generate.py ATTN_HEAD_DIMS)
+ATTN_BWD_HEAD_DIMS = (32, 64, 96, 128)  # with a backward (csrc/generate.py ATTN_BWD_HEAD_DIMS)
+_ATTN_DTYPES = (torch.float16, torch.bfloat16)
+_MAX_GRID_YZ = 65535
+_BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _kernel_device() -> str:
+    return "cpu" if _emu.emulated() else "cuda"
+
+
+def _unsupported_common(q: Tensor, tensors, d: int) -> Optional[str]:
+    if q.dtype not in _ATTN_DTYPES:
+        return (f"dtype {str(q.dtype).replace('torch.', '')} (the CUDA attention kernels take float16 and "
+                "bfloat16 only)")
+    if d not in ATTN_HEAD_DIMS:
+        return f"head dim {d} (the CUDA attention kernels are compiled for {ATTN_HEAD_DIMS})"
+    dev = _kernel_device()
+    if any(t.device.type != dev for t in (q, *tensors)):
+        return f"all tensors must be {dev} tensors for the {'emulated ' if dev == 'cpu' else ''}CUDA kernels"
+    return None
+
+
+def unsupported_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+                          key_padding_mask: Optional[Tensor], causal: bool) -> Optional[str]:
+    """None if the CUDA kernels run this attention call, else a short reason. Shapes, dtypes, devices only."""
+    why = _unsupported_common(q, [t for t in (k, v, bias, key_padding_mask) if t is not None], q.shape[-1])
+    if why is not None:
+        return why
+    if q.shape[0] > _MAX_GRID_YZ or q.shape[1] > _MAX_GRID_YZ:
+        return f"batch or heads > {_MAX_GRID_YZ}"
+    if bias is not None and (bias.dim() != 4 or not bias.is_floating_point()):
+        return "bias must be a 4-D float tensor"
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        return "key_padding_mask must be bool"
+    if q.shape[-1] not in ATTN_BWD_HEAD_DIMS and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (q, k, v, bias)):
+        return (f"head dim {q.shape[-1]} with inputs that require grad (the CUDA attention backward is compiled "
+                f"for {ATTN_BWD_HEAD_DIMS})")
+    return None
+
+
+def _aligned(t: Tensor) -> Tensor:
+    """t itself when the kernels can read it in place (unit stride along D, other strides multiples of 8 elements,
+    16-byte aligned address), else a contiguous copy."""
+    ok = t.stride(-1) == 1 or t.shape[-1] <= 1
+    ok = ok and all(st % 8 == 0 or n <= 1 for st, n in zip(t.stride()[:-1], t.shape[:-1]))
+    if ok and t.data_ptr() % 16 == 0:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_padding_mask: Optional[Tensor],
+                  causal: bool, scale: float):
+    """(out (B, Hq, Sq, D) in q's dtype, contiguous; lse (B, Hq, Sq) float32): csrc/attention/attn_fwd_kernel.cuh.
+
+    q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D), float16 / bfloat16, any strides: (B, S, H, D) views transposed to
+    (B, H, S, D) are read in place; a tensor whose strides or address cp.async cannot read is copied first.
+    bias: 4-D, broadcastable to (B, Hq, Sq, Sk), read through its expanded (stride 0) view; a float64 bias is
+    converted to float32. key_padding_mask: bool (B, Sk), True = real key.
+    """
+    if _status is not True:
+        _require()
+    q, k, v = _aligned(q), _aligned(k), _aligned(v)
+    if bias is not None and bias.dtype not in _BIAS_DTYPES:
+        bias = bias.to(torch.float32)
+    if key_padding_mask is not None and key_padding_mask.shape[-1] > 1 and key_padding_mask.stride(-1) != 1:
+        key_padding_mask = key_padding_mask.contiguous()
+    return torch.ops.fastattn.attn_fwd_cuda(q, k, v, bias, key_padding_mask, bool(causal), float(scale))
+
+
+def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, bias: Optional[Tensor],
+                  key_padding_mask: Optional[Tensor], causal: bool, scale: float, bias_requires_grad: bool):
+    """(dq, dk, dv, dbias or None): contiguous, in the inputs' shapes and dtype; dbias in bias's shape and dtype.
+
+    csrc/attention/attn_bwd_kernel.cuh: delta = rowsum(dout * out), then a dK/dV kernel (key blocks, the GQA
+    group looped inside) and a dQ kernel, P recomputed from lse; deterministic, no atomics. dbias: the dK/dV
+    kernel writes dS into a float32 (B, Hq, Sq, Sk) buffer, summed here over bias's broadcast dims.
+    """
+    if _status is not True:
+        _require()
+    dout = dout.to(q.dtype)
+    q, k, v, out, dout = _aligned(q), _aligned(k), _aligned(v), _aligned(out), _aligned(dout)
+    want_dbias = bias is not None and bias_requires_grad
+    bias_k = bias
+    if bias_k is not None and bias_k.dtype not in _BIAS_DTYPES:
+        bias_k = bias_k.to(torch.float32)
+    if key_padding_mask is not None and key_padding_mask.shape[-1] > 1 and key_padding_mask.stride(-1) != 1:
+        key_padding_mask = key_padding_mask.contiguous()
+    dq, dk, dv, db = torch.ops.fastattn.attn_bwd_cuda(dout, q, k, v, out, lse.contiguous(), bias_k,
+                                                      key_padding_mask, bool(causal), float(scale), want_dbias)
+    dbias = None
+    if want_dbias:
+        dims = tuple(i for i, n in enumerate(bias.shape) if n == 1 and db.shape[i] != 1)
+        dbias = (db.sum(dim=dims, keepdim=True) if dims else db).to(bias.dtype)
+    return dq, dk, dv, dbias
+
+
+# Decode splits (flash-decoding): enough CTAs for ~2 waves of the chip, each split >= _MIN_SPLIT keys. The SM
+# count is asked once per device (cached), never per call. The emulated build pretends a 4-SM chip and allows
+# 32-key splits, so that the small tests take the split + combine path.
+_MIN_SPLIT, _MAX_SPLITS = 256, 128
+_EMU_SMS, _EMU_MIN_SPLIT = 4, 32
+_sm_counts: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    n = _sm_counts.get(index)
+    if n is None:
+        n = _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return n
+
+
+def decode_num_splits(b: int, hq: int, hkv: int, smax: int, device: torch.device) -> int:
+    """Key splits per (batch, KV head, 16-head tile): a host heuristic from the batch x heads and the SM count."""
+    if _emu.emulated():
+        sms, min_split = _EMU_SMS, _EMU_MIN_SPLIT
+    else:
+        sms, min_split = _sm_count(device), _MIN_SPLIT
+    tiles = max(1, b * hkv * -(-(hq // max(hkv, 1)) // 16))
+    want = -(-2 * sms // tiles)
+    return max(1, min(want, -(-smax // min_split), _MAX_SPLITS))
+
+
+def unsupported_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor) -> Optional[str]:
+    """None if the CUDA decode kernels run this call, else a short reason. Shapes, dtypes, devices only."""
+    why = _unsupported_common(q, (k_cache, v_cache, cache_seqlens), q.shape[-1])
+    if why is not None:
+        return why
+    if q.shape[0] > _MAX_GRID_YZ:
+        return f"batch > {_MAX_GRID_YZ}"
+    return None
+
+
+def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor, scale: float,
+                     num_splits: Optional[int] = None) -> Tensor:
+    """out (B, Hq, D) in q's dtype: csrc/attention/attn_decode_kernel.cuh. q (B, Hq, D) against the first
+    clamp(cache_seqlens[b], 0, Smax) positions of the caches (B, Hkv, Smax, D), any strides with unit stride along
+    D ((B, Smax, Hkv, D) caches viewed transposed are read in place). num_splits: key splits (default: the
+    heuristic above); with more than one, fp32 partials and a log-sum-exp combine launch."""
+    if _status is not True:
+        _require()
+    q, k_cache, v_cache = _aligned(q), _aligned(k_cache), _aligned(v_cache)
+    seqlens = cache_seqlens if cache_seqlens.dtype == torch.int32 else cache_seqlens.to(torch.int32)
+    seqlens = seqlens.contiguous()
+    if num_splits is None:
+        b, hq, _ = q.shape
+        num_splits = decode_num_splits(b, hq, k_cache.shape[1], k_cache.shape[2], q.device)
+    return torch.ops.fastattn.attn_decode_cuda(q, k_cache, v_cache, seqlens, float(scale), int(num_splits))
