@@ -19,7 +19,7 @@ fastattn/triton/attention's for attention:
         -> (dq, dk, dv, dbias or None)
     decode_attention(q, k_cache, v_cache, cache_seqlens, scale) -> out
     unsupported_decode(q, k_cache, v_cache, cache_seqlens) -> None or a reason (metadata only)
-    unsupported_attention(q, k, v, bias, key_padding_mask, causal) -> None or a reason (metadata only)
+    unsupported_attention(q, k, v, bias, key_padding_mask, causal, dropout_p=0.0) -> None or a reason (metadata only)
 """
 from __future__ import annotations
 
@@ -316,8 +316,10 @@ def _unsupported_common(q: Tensor, tensors, d: int) -> Optional[str]:
 
 
 def unsupported_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
-                          key_padding_mask: Optional[Tensor], causal: bool) -> Optional[str]:
+                          key_padding_mask: Optional[Tensor], causal: bool, dropout_p: float = 0.0) -> Optional[str]:
     """None if the CUDA kernels run this attention call, else a short reason. Shapes, dtypes, devices only."""
+    if dropout_p:
+        return "attention dropout is not in the CUDA kernels yet (the Triton kernels have it)"
     why = _unsupported_common(q, [t for t in (k, v, bias, key_padding_mask) if t is not None], q.shape[-1])
     if why is not None:
         return why

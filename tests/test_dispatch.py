@@ -312,3 +312,13 @@ def test_fullgraph_compile_with_grad_in_a_fresh_process():
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+@pytest.mark.cuda_kernel
+def test_dropout_reaches_the_cuda_probe_and_is_declined():
+    """The CUDA attention kernels have no dropout: the call is declined with that reason (never handed to a
+    kernel without it); without dropout the same call runs there."""
+    q = randn(1, 2, 8, 32, dtype=torch.float16, seed=5)
+    with pytest.raises(BackendUnavailable, match="attention dropout is not in the CUDA kernels"):
+        fastattn.attention(q, q, q, dropout_p=0.1, backend="cuda")
+    assert fastattn.attention(q, q, q, backend="cuda").shape == q.shape

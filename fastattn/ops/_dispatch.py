@@ -27,11 +27,14 @@ FAMILIES = ("attention", "softmax", "sampling")
 # "auto" on a CUDA GPU: the kernel backends to try, fastest first, per op family and compute capability major
 # (the torch reference always comes last). To be filled from measured benchmark results
 # (benchmarks/results/<gpu>/, `python -m fastattn.bench`). NOT MEASURED YET: no GPU run has been recorded, so
-# every entry is the order fastattn started with, the CUDA extension before Triton.
+# the entries are the order fastattn started with (the CUDA extension before Triton), except where the static
+# report's predictions put the newer CUDA kernels behind Triton's.
 AUTO_ORDER: Dict[str, Dict[int, Tuple[str, ...]]] = {
-    "attention": {8: ("cuda", "triton"), 9: ("cuda", "triton")},
+    # Static predictions (benchmarks/NOTES.md): CUDA attention v1 ~0.6-0.8x SDPA-flash, below the Triton kernels'
+    # prediction; Triton sampling v2 memory-bound at 128 x 128k, CUDA sampling v1 issue-bound (~120 µs).
+    "attention": {8: ("triton", "cuda"), 9: ("triton", "cuda")},
     "softmax": {8: ("cuda", "triton"), 9: ("cuda", "triton")},
-    "sampling": {8: ("cuda", "triton"), 9: ("cuda", "triton")},
+    "sampling": {8: ("triton", "cuda"), 9: ("triton", "cuda")},
 }
 AUTO_ORDER_MEASURED = False
 _AUTO_OTHER_ARCH = ("cuda", "triton")  # a GPU the table has no row for (the extension then says why not)

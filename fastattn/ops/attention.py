@@ -187,7 +187,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
     chosen = _dispatch.select(backend, "attention", "attention", "attention_fwd", q.device, q.dtype,
-                              "unsupported_attention", (q, k, v, bias, key_padding_mask, causal))
+                              "unsupported_attention", (q, k, v, bias, key_padding_mask, causal,
+                                                                 float(dropout_p)))
     if dropout_p > 0.0:
         seed, offset = dropout_seed()
         out, lse = attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, chosen.name, float(dropout_p),

@@ -125,8 +125,9 @@ _attn_fwd_tuned = configs.tuned("fwd", _attn_fwd_kernel)
 
 
 def unsupported_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
-                          key_padding_mask: Optional[Tensor], causal: bool) -> Optional[str]:
-    """None if the Triton kernels run this attention call, else a short reason. Cheap: shapes and dtypes only."""
+                          key_padding_mask: Optional[Tensor], causal: bool, dropout_p: float = 0.0) -> Optional[str]:
+    """None if the Triton kernels run this attention call, else a short reason. Cheap: shapes and dtypes only.
+    Every dropout_p in [0, 1) runs (the Philox stream of the dropout module)."""
     why = _unsupported_common(q, [t for t in (k, v, bias, key_padding_mask) if t is not None],
                               max(q.shape[-1], v.shape[-1]))
     if why is not None:
