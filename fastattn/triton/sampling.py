@@ -736,10 +736,12 @@ def _sampling_kernel(
             y = tl.where(n_nan > 0, float("nan"), y)
             tl.store(out_row + o, y, mask=o < V)
     else:
-        if work & (done != 2):
-            if mp_on & (tau - m < lmp):  # min-p removes part of {z >= tau}: its mass is not known
-                w_kept = _mass_pass(x_row, V, tdiv, n_tiles, m, tau, lmp, BLOCK)
-            tok = _draw_pass(x_row, V, tdiv, n_tiles, m, tau, mp_on, lmp, u * w_kept, BLOCK)
+        # (FAST: every working row was resolved in registers (done == 2) or flagged: no draw pass here.)
+        if not FAST:
+            if work & (done != 2):
+                if mp_on & (tau - m < lmp):  # min-p removes part of {z >= tau}: its mass is not known
+                    w_kept = _mass_pass(x_row, V, tdiv, n_tiles, m, tau, lmp, BLOCK)
+                tok = _draw_pass(x_row, V, tdiv, n_tiles, m, tau, mp_on, lmp, u * w_kept, BLOCK)
         tok = tl.where(greedy, amax, tok)
         tok = tl.where(bad, -1, tok)
         if FAST:
