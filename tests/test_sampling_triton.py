@@ -305,3 +305,27 @@ def test_gpu_sizes(b, v):
         assert kept[torch.arange(b, device="cuda"), tok].all()
         ref = reference.sample(x, seeds=seeds, **params)
         assert (tok == ref).float().mean() >= 0.95
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_fast_topk_path_and_its_fallback(ties):
+    """Scalar top-k <= cap takes the fast kernel (pass 1 on raw logits, one compaction pass, registers);
+    rows it cannot resolve (tie groups wider than the capacity at the threshold) are flagged and redone by
+    the v1 kernel. Both must give the reference's kept set and tokens."""
+    b, v = 4, 3000
+    x = _logits(b, v, seed=41 + ties, ties=ties)
+    seeds = _seeds(b, 7)
+    kw = {"cap": 16} if ties else {}
+    params = dict(temperature=0.8, top_k=12, top_p=0.9)
+    out = torch.empty(b, dtype=torch.int64, device=x.device)
+    flags = tsp._run(x, *_launcher_args(**params), seeds, out, False, **kw)
+    assert flags is not None
+    # Random rows: every one resolved by the fast kernel. Rounded rows (this seed): two have a tie group
+    # at the threshold wider than cap 16 and are flagged, two are not: both kernels in one batch.
+    flags = flags.cpu().tolist()
+    assert flags == ([0, 0, 1, 1] if ties else [0] * b), flags
+    ref = reference.sample(x.double(), seeds=seeds, **params)
+    assert torch.equal(out.cpu(), ref.cpu())
+    filt = torch.full((b, v), float("nan"), device=x.device)
+    tsp._run(x, *_launcher_args(**params), 0, filt, True, **kw)
+    _assert_same_filter(filt, reference.top_k_top_p_filter(x, **params), "fast path")

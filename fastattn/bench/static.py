@@ -689,11 +689,19 @@ def sampling_cases(full: bool) -> List[TritonCase]:
             x = _meta((b, v), _dt(dt))
             seeds = _meta((b,), torch.int64)
             S.sample(x, None, bench.TEMPERATURE, None, bench.TOP_K, None, bench.TOP_P, None, 0.0, seeds)
-        # top-k 50 (+ top-p): pass 1 plus one zoom pass of the top-k search (the top-p search is resolved in
-        # registers from the compacted candidates: its zoom copy does not run), as counted in the interpreter.
+        # top-k 50 (+ top-p), sampling v2: the fast kernel (FAST) streams pass 1 (max on the raw logits) over
+        # the full tiles, then gathers only the candidate lanes (~k of BLOCK; counted at the CAP lanes its
+        # (CAP, TJ) steps always issue) twice, TJ tiles a step; the rest in registers. The v1 kernel launched
+        # after it (RESUME) runs its passes only for rows the fast one flagged (wide ties / lane collisions
+        # at the threshold: none on the benchmark's random rows), so its loops count 0 iterations and its
+        # straight-line code once.
         hot = {"_sampling_kernel": lambda a: [
-            ("_sampling_kernel", "for i in range(0, n_tiles)", [a["n_tiles"]]),
-            ("_search", "for t in range(0, n_tiles)", [a["n_tiles"], 0]),
+            ("_sampling_kernel", "for i in range(0, n_full)", a["V"] // a["BLOCK"]),
+            ("_gather_candidates", "for ta in range(0, n_tiles, TJ)", -(-a["n_tiles"] // a["TJ"])),
+            ("_gather_candidates", "for tb in range(0, n_tiles, TJ)", -(-a["n_tiles"] // a["TJ"])),
+        ] if a["FAST"] else [
+            ("_sampling_kernel", "for i in range(0, n_tiles)", 0),
+            ("_search", "for t in range(0, n_tiles)", 0),
         ]}
         headline = (b, v) in ((128, 131072), (1, 32768))
         return TritonCase(f"sample {dt} {b}×{v} top-k {bench.TOP_K} top-p {bench.TOP_P}", "sampling", call,

@@ -13,6 +13,23 @@ Every filter keeps an upper set {z >= tau}, so the kernel looks for thresholds, 
   e_i = exp(z_i - max z), is < top_p * S_k, S_k = sum_{z_i >= tau_k} e_i (a mass criterion);
 - min-p keeps z - max z >= log(min_p), evaluated per element exactly as the reference does.
 
+Fast top-k path (v2; one scalar 0 < k <= CAP for every row, k <= BLOCK): a first launch (FAST) reads
+each row twice with a handful of instructions per logit and no division. Since T > 0 is finite, z = x / T
+orders like x, so
+  pass 1 on the raw x: per lane (BLOCK lanes) the max and its first index, and a NaN count; max z is the
+      max x divided once;
+  Lx = the k-th largest of the BLOCK lane maxima (a 32-step bisection of plain counts): the k lanes above it
+      hold k distinct elements, so the k-th largest x is >= Lx, and {x >= Lx} is ~k elements when k << BLOCK;
+  compaction pass: the indices of x >= xc (xc a relative 2^-20 below Lx, so that nothing below xc can tie
+      in z with a kept element; checked: z(xc) < z(Lx)) go to fixed slots (the r-th candidate of a lane to
+      slot r * lanes + lane rank; only lanes whose max is >= xc hold any), no scan per tile;
+  registers: the (<= CAP) candidates are divided exactly, packed as key(z) << 32 | index and resolved by the
+      same pairwise code as below (tau_k, S_k, tau_p, min-p, draw), so tokens are the v1 path's.
+  A row it cannot resolve so (more than CAP candidates: wide tie groups or lane collisions at the threshold,
+  or a lane with more than its slots) is flagged, and a second launch of the v1 kernel (RESUME) redoes just
+  the flagged rows; the others read their flag and skip every pass. Other parameter sets use the v1 kernel
+  alone:
+
 One program per row (grid (B,)), BLOCK-wide tiles of the row, several passes over it:
 
   pass 1 (one DRAM read): max m, S = sum e (online), first argmax, NaN / +inf counts, and a level-1 count
@@ -72,6 +89,8 @@ JC = 32
 # wide with 16 warps spills ~200 B per thread.
 BLOCK = 2048
 NUM_WARPS = 8
+# The fast path gathers its candidate lanes TJ tiles at a time ((CAP, TJ) elements per step).
+TJ = 16
 # Zoom passes are bounded (each at least halves a 2^32 key interval, so ~33 suffice); never loops forever.
 MAX_ZOOM = 48
 
@@ -289,6 +308,73 @@ def _draw_pass(x_row, V, tdiv, n_tiles, m, tau, mp_on, lmp, target, BLOCK: tl.co
 
 
 @triton.jit
+def _stats_pass(x_row, V, tdiv, n_tiles, m, BLOCK: tl.constexpr, NB: tl.constexpr, W1: tl.constexpr):
+    """The level-1 count histogram below top = m and S = sum exp(z - m), for a row whose max m is known
+    (the fast top-k path's fallback: its pass 1 computes neither)."""
+    cols = tl.arange(0, BLOCK)
+    hist = tl.zeros([NB], tl.int32)
+    acc = tl.zeros([BLOCK], tl.float32)
+    for t in range(0, n_tiles):
+        o = t * BLOCK + cols
+        z = _load_z(x_row, o, V, tdiv)
+        hist += tl.histogram(_bin1(z, m, NB, W1), NB, mask=o < V)
+        acc += tl.where(o < V, tl.exp(z - m), 0.0)
+    return hist, tl.sum(acc, 0)
+
+
+@triton.jit
+def _kth_largest_key(kv, k):
+    """The k-th largest of the int32 keys kv (1 <= k <= kv's length): a 32-step bisection on the key value,
+    each step one plain count (no sort, no histogram). Invariant: count(kv >= lo) >= k > count(kv > hi)."""
+    lo = tl.full([], _KEY_MIN, tl.int64)
+    hi = tl.full([], _KEY_MAX, tl.int64)
+    kv64 = kv.to(tl.int64)
+    for _s in tl.static_range(32):
+        mid = lo + ((hi - lo + 1) >> 1)
+        ge = tl.sum((kv64 >= mid).to(tl.int32), 0) >= k
+        lo = tl.where(ge, mid, lo)
+        hi = tl.where(ge, hi, mid - 1)
+    return lo
+
+
+@triton.jit
+def _gather_candidates(x_row, V, n_tiles, xc, lane_on, ws_row, CAP: tl.constexpr, BLOCK: tl.constexpr,
+                       TJ: tl.constexpr):
+    """Indices of the elements with x >= xc into ws_row[CAP : 2 * CAP] (stopping at CAP), reading only the
+    lanes that can hold any: lane l (elements l, l + BLOCK, ...) iff its max is >= xc (lane_on). Their ids
+    go to ws_row[0 : CAP]; then (CAP lanes, TJ tiles) gathers, once to count per lane, once to store at the
+    lane's exclusive prefix (order: lane, then tile). Returns (candidates, lanes); every candidate is stored
+    iff lanes <= CAP and candidates <= CAP."""
+    on = lane_on.to(tl.int32)
+    n_l = tl.sum(on, 0)
+    rank = tl.cumsum(on, 0) - on
+    lanes = tl.arange(0, BLOCK)
+    tl.store(ws_row + rank, lanes.to(tl.int64), mask=lane_on & (rank < CAP))
+    tl.debug_barrier()
+    li = tl.arange(0, CAP)
+    lane = tl.load(ws_row + li, mask=li < n_l, other=0).to(tl.int32)
+    tj = tl.arange(0, TJ)
+    cnt = tl.zeros([CAP], tl.int32)
+    for ta in range(0, n_tiles, TJ):
+        o = lane[:, None] + (ta + tj)[None, :] * BLOCK
+        ok = (li < n_l)[:, None] & (o < V)
+        x = tl.load(x_row + o, mask=ok, other=float("-inf")).to(tl.float32)
+        cnt += tl.sum((ok & (x >= xc)).to(tl.int32), 1)
+    base = tl.cumsum(cnt, 0) - cnt
+    n_c = tl.sum(cnt, 0)
+    run = base
+    for tb in range(0, n_tiles, TJ):
+        o = lane[:, None] + (tb + tj)[None, :] * BLOCK
+        ok = (li < n_l)[:, None] & (o < V)
+        x = tl.load(x_row + o, mask=ok, other=float("-inf")).to(tl.float32)
+        f = (ok & (x >= xc)).to(tl.int32)
+        pos = run[:, None] + tl.cumsum(f, 1) - f
+        tl.store(ws_row + CAP + pos, o.to(tl.int64), mask=(f != 0) & (pos < CAP))
+        run += tl.sum(f, 1)
+    return n_c, n_l
+
+
+@triton.jit
 def _search(x_row, V, tdiv, n_tiles, m, hist, top, ws_row, target, tau_k, p_on, p, mp_on, lmp, u,
             MASS: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr, W1: tl.constexpr, CAP: tl.constexpr,
             JC: tl.constexpr, MAX_ZOOM: tl.constexpr):
@@ -457,9 +543,10 @@ def _search(x_row, V, tdiv, n_tiles, m, hist, top, ws_row, target, tau_k, p_on, 
 def _sampling_kernel(
     x_ptr, stride_b, V, n_tiles,
     t_ptr, t_val, k_ptr, k_val, p_ptr, p_val, mp_ptr, mp_val,
-    seed_ptr, seed_val, out_ptr, ws_ptr,
+    seed_ptr, seed_val, out_ptr, ws_ptr, flag_ptr,
     HAS_SEED_T: tl.constexpr, HAS_T_T: tl.constexpr, HAS_K_T: tl.constexpr, HAS_P_T: tl.constexpr, HAS_MP_T: tl.constexpr,
     USE_K: tl.constexpr, USE_P: tl.constexpr, USE_MP: tl.constexpr, FILTER: tl.constexpr,
+    FAST: tl.constexpr, RESUME: tl.constexpr, NEED_AMAX: tl.constexpr, TJ: tl.constexpr,
     BLOCK: tl.constexpr, NB: tl.constexpr, W1: tl.constexpr, HEADROOM: tl.constexpr, CAP: tl.constexpr,
     JC: tl.constexpr, MAX_ZOOM: tl.constexpr,
 ):
@@ -499,73 +586,146 @@ def _sampling_kernel(
     lmp = tl.log(tl.where(mp_on, mp, 1.0))
     search = k_on | p_on
 
-    # ---- pass 1: max, sum, argmax, NaN / +inf counts, level-1 histogram ------------------------------
     cols = tl.arange(0, BLOCK)
-    top = tl.max(_load_z(x_row, cols, V, tdiv), 0) + HEADROOM
-    # Per lane: running max, sum of exp(z - max), first index of the max, NaN and +inf counts.
-    m_v = tl.full([BLOCK], float("-inf"), tl.float32)
-    s_v = tl.zeros([BLOCK], tl.float32)
-    a_v = tl.zeros([BLOCK], tl.int32)
-    nan_v = tl.zeros([BLOCK], tl.int32)
-    pinf_v = tl.zeros([BLOCK], tl.int32)
-    hist = tl.zeros([NB], tl.int32)
-    x_next = tl.load(x_row + cols, mask=cols < V, other=float("-inf"))
-    for i in range(0, n_tiles):
-        o = i * BLOCK + cols
-        x = x_next.to(tl.float32)
-        x_next = tl.load(x_row + o + BLOCK, mask=o + BLOCK < V, other=float("-inf"))  # prefetch
-        z = tl.math.div_rn(x, tdiv)
-        nan_v += (z != z).to(tl.int32)
-        pinf_v += (z == float("inf")).to(tl.int32)
-        a_v = tl.where(z > m_v, o, a_v)   # strict: a lane keeps its first occurrence of its max
-        m_new = tl.maximum(m_v, z)
-        sh = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s_v = s_v * tl.exp(m_v - sh) + tl.exp(z - sh)
-        m_v = m_new
-        if search:
-            hist += tl.histogram(_bin1(z, top, NB, W1), NB, mask=o < V)
-    m = tl.max(m_v, 0)
-    sh = tl.where(m == float("-inf"), 0.0, m)
-    s = tl.sum(s_v * tl.exp(m_v - sh), 0)
-    amax = tl.min(tl.where(m_v == m, a_v, 2147483647), 0)   # lowest index among the maxima
-    n_nan = tl.sum(nan_v, 0)
-    n_pinf = tl.sum(pinf_v, 0)
-    bad = (n_nan > 0) | (n_pinf > 0) | (m == float("-inf"))
-    work = (bad == 0) & (t != 0.0)
-
-    # ---- thresholds ------------------------------------------------------------------------------------
-    if work & search & (m > top):
-        top = m
-        hist = _level1_pass(x_row, V, tdiv, n_tiles, top, BLOCK, NB, W1)
+    tau = tl.full([], float("-inf"), tl.float32)
+    tau_k = tl.full([], float("-inf"), tl.float32)
+    done = tl.zeros([], tl.int32)
+    tok = tl.full([], -1, tl.int32)
     # The row's uniform: counter 0 of its own seed (the reference's generator).
     if HAS_SEED_T:
         u = _uniform(tl.load(seed_ptr + row))
     else:
         u = _uniform(tl.zeros([], tl.int64) + seed_val)
-    tau = tl.full([], float("-inf"), tl.float32)
-    tau_k = tl.full([], float("-inf"), tl.float32)
-    s_k = s
-    w_kept = s  # mass of {z >= tau}
-    done = tl.zeros([], tl.int32)
-    tok = tl.full([], -1, tl.int32)
-    if work & k_on:
-        tau_k, s_k, done, tok, tau = _search(x_row, V, tdiv, n_tiles, m, hist, top, ws_row, k, tau_k,
-                                             p_on, p, mp_on, lmp, u, False, BLOCK, NB, W1, CAP, JC,
-                                             MAX_ZOOM)
-        if done != 2:
-            tau = tau_k
-            w_kept = s_k
-    if work & p_on & (done != 2):
-        tau_p, w_p, done, tok, tau_all = _search(x_row, V, tdiv, n_tiles, m, hist, top, ws_row, p * s_k,
-                                                tau_k, p_on, p, mp_on, lmp, u, True, BLOCK, NB, W1, CAP,
-                                                JC, MAX_ZOOM)
-        tau = tl.maximum(tau_k, tau_p)
-        w_kept = w_p
+    if FAST:
+        # ---- fast top-k path (one scalar k <= CAP for every row): pass 1 on the raw logits x ----------
+        # T >= 0 is finite, so z = x / tdiv orders like x: per lane the max and its first index, NaN count;
+        # the row's max z is the max x divided once (IEEE division is monotone).
+        mx_v = tl.full([BLOCK], float("-inf"), tl.float32)
+        a_v = tl.zeros([BLOCK], tl.int32)
+        n_full = V // BLOCK
+        x_next = tl.load(x_row + cols, mask=(cols < V) & (n_full > 0), other=float("-inf"))
+        for i in range(0, n_full):
+            x = x_next.to(tl.float32)
+            # Prefetch the next full tile: one scalar predicate, no per-element bound.
+            x_next = tl.load(x_row + (i + 1) * BLOCK + cols, mask=i + 1 < n_full, other=float("-inf"))
+            if NEED_AMAX:
+                a_v = tl.where(x > mx_v, i * BLOCK + cols, a_v)   # strict: a lane keeps its first max
+            mx_v = tl.maximum(mx_v, x, propagate_nan=tl.PropagateNan.ALL)   # NaN sticks: the row is bad
+        o = n_full * BLOCK + cols   # the partial tail tile (if any), once
+        x = tl.load(x_row + o, mask=o < V, other=float("-inf")).to(tl.float32)
+        if NEED_AMAX:
+            a_v = tl.where(x > mx_v, o, a_v)
+        mx_v = tl.maximum(mx_v, x, propagate_nan=tl.PropagateNan.ALL)
+        n_nan = tl.sum((mx_v != mx_v).to(tl.int32), 0)   # lanes that met a NaN
+        mx = tl.max(tl.where(mx_v != mx_v, float("-inf"), mx_v), 0)
+        m = tl.math.div_rn(mx, tdiv)
+        amax = tl.min(tl.where(mx_v == mx, a_v, 2147483647), 0)   # lowest index among the maxima (greedy)
+        bad = (n_nan > 0) | (m == float("inf")) | (m == float("-inf"))
+        work = (bad == 0) & (t != 0.0)
+        s = tl.zeros([], tl.float32)
+        s_k = s
+        w_kept = s
+        need = tl.full([], 0, tl.int1)   # the row needs the v1 kernel
+        if work & k_on:
+            # The k-th largest of the BLOCK lane maxima, Lx, is <= the row's k-th largest x (the k lanes
+            # above it hold k distinct elements), and {x >= Lx} is ~k elements when k << BLOCK. Candidates:
+            # x >= xc, a relative 2^-20 below Lx, so that every x mapping to the same z as Lx is in; checked:
+            # z(xc) < z(Lx) (else fall back), so no element below xc can tie with a kept one.
+            lx = _unkey(_kth_largest_key(_key(mx_v), k).to(tl.int32))
+            xc = lx - (tl.abs(lx) * 9.5367431640625e-07 + 1e-30)
+            xc = tl.where(lx == float("-inf"), lx, xc)
+            sep = (tl.math.div_rn(xc, tdiv) < tl.math.div_rn(lx, tdiv)) | (lx == float("-inf"))
+            n_c, n_l = _gather_candidates(x_row, V, n_tiles, xc, mx_v >= xc, ws_row, CAP, BLOCK, TJ)
+            if sep & (n_c >= k) & (n_c <= CAP) & (n_l <= CAP):
+                # Every element of the top-k set is a candidate: key(z) << 32 | index in their slots, z
+                # divided exactly here (at most CAP of them), then resolved as the zoom's register path
+                # does (its results do not depend on the slots' order).
+                tl.debug_barrier()
+                jj = tl.arange(0, CAP)
+                okj = jj < n_c
+                idx = tl.load(ws_row + CAP + jj, mask=okj, other=0)
+                zj = tl.math.div_rn(tl.load(x_row + idx, mask=okj, other=0.0).to(tl.float32), tdiv)
+                tl.store(ws_row + CAP + jj, (_key(zj).to(tl.int64) << 32) | idx, mask=okj)
+                zero = tl.zeros([], tl.int32)
+                P, v, e, valid, rank, excl = _list_load(ws_row, zero, n_c, m, True, CAP, JC)
+                tau_k = tl.max(tl.where(valid & (rank == k - 1), v, float("-inf")), 0)
+                s_k = tl.sum(tl.where(valid & (v >= tau_k), e, 0.0), 0)
+                tau = tau_k
+                if p_on:
+                    tau, _w = _list_topp(v, e, valid, excl, tau_k, 0.0, p * s_k)
+                tok = _list_draw(ws_row, zero, n_c, P, v, e, valid, tau, mp_on, lmp, m, u, CAP, JC)
+                done = 2
+            else:
+                # Many ties or lane collisions near the threshold: this row is left to the v1 kernel,
+                # launched after this one (RESUME), which redoes it from scratch.
+                need = tl.full([], 1, tl.int1)
+        tl.store(flag_ptr + row, need.to(tl.int32))
+    else:
+        # ---- pass 1: max, sum, argmax, NaN / +inf counts, level-1 histogram ---------------------------
+        need = tl.full([], 1, tl.int1)
+        if RESUME:  # after the fast kernel: only the rows it flagged (the others run no pass: 0 tiles)
+            need = tl.load(flag_ptr + row) != 0
+            n_tiles = tl.where(need, n_tiles, 0)
+        top = tl.max(_load_z(x_row, cols, tl.where(need, V, 0), tdiv), 0) + HEADROOM  # skipped rows: no read
+        # Per lane: running max, sum of exp(z - max), first index of the max, NaN and +inf counts.
+        m_v = tl.full([BLOCK], float("-inf"), tl.float32)
+        s_v = tl.zeros([BLOCK], tl.float32)
+        a_v = tl.zeros([BLOCK], tl.int32)
+        nan_v = tl.zeros([BLOCK], tl.int32)
+        pinf_v = tl.zeros([BLOCK], tl.int32)
+        hist = tl.zeros([NB], tl.int32)
+        x_next = tl.load(x_row + cols, mask=cols < V, other=float("-inf"))
+        for i in range(0, n_tiles):
+            o = i * BLOCK + cols
+            x = x_next.to(tl.float32)
+            x_next = tl.load(x_row + o + BLOCK, mask=o + BLOCK < V, other=float("-inf"))  # prefetch
+            z = tl.math.div_rn(x, tdiv)
+            nan_v += (z != z).to(tl.int32)
+            pinf_v += (z == float("inf")).to(tl.int32)
+            a_v = tl.where(z > m_v, o, a_v)   # strict: a lane keeps its first occurrence of its max
+            m_new = tl.maximum(m_v, z)
+            sh = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s_v = s_v * tl.exp(m_v - sh) + tl.exp(z - sh)
+            m_v = m_new
+            if search:
+                hist += tl.histogram(_bin1(z, top, NB, W1), NB, mask=o < V)
+        m = tl.max(m_v, 0)
+        sh = tl.where(m == float("-inf"), 0.0, m)
+        s = tl.sum(s_v * tl.exp(m_v - sh), 0)
+        amax = tl.min(tl.where(m_v == m, a_v, 2147483647), 0)   # lowest index among the maxima
+        n_nan = tl.sum(nan_v, 0)
+        n_pinf = tl.sum(pinf_v, 0)
+        bad = (n_nan > 0) | (n_pinf > 0) | (m == float("-inf"))
+        work = (bad == 0) & (t != 0.0) & need
+
+        # ---- thresholds --------------------------------------------------------------------------------
+        if work & search & (m > top):
+            top = m
+            hist = _level1_pass(x_row, V, tdiv, n_tiles, top, BLOCK, NB, W1)
+        s_k = s
+        w_kept = s  # mass of {z >= tau}
+        if work & k_on:
+            tau_k, s_k, done, tok, tau = _search(x_row, V, tdiv, n_tiles, m, hist, top, ws_row, k, tau_k,
+                                                 p_on, p, mp_on, lmp, u, False, BLOCK, NB, W1, CAP, JC,
+                                                 MAX_ZOOM)
+            if done != 2:
+                tau = tau_k
+                w_kept = s_k
+        if work & p_on & (done != 2):
+            tau_p, w_p, done, tok, tau_all = _search(x_row, V, tdiv, n_tiles, m, hist, top, ws_row, p * s_k,
+                                                    tau_k, p_on, p, mp_on, lmp, u, True, BLOCK, NB, W1, CAP,
+                                                    JC, MAX_ZOOM)
+            tau = tl.maximum(tau_k, tau_p)
+            w_kept = w_p
 
     # ---- output ----------------------------------------------------------------------------------------
+    if FAST:
+        n_out = tl.where(need, 0, n_tiles)   # flagged rows are written by the v1 kernel
+    else:
+        n_out = tl.where(need, n_tiles, 0)
     if FILTER:
         out_row = out_ptr + row.to(tl.int64) * V
-        for i in range(0, n_tiles):
+        for i in range(0, n_out):
             o = i * BLOCK + cols
             z = _load_z(x_row, o, V, tdiv)
             keep = (z >= tau) & ((z - m >= lmp) | (mp_on == 0))
@@ -576,13 +736,18 @@ def _sampling_kernel(
             y = tl.where(n_nan > 0, float("nan"), y)
             tl.store(out_row + o, y, mask=o < V)
     else:
-        if work & (done != 2):
-            if mp_on & (tau - m < lmp):  # min-p removes part of {z >= tau}: its mass is not known
-                w_kept = _mass_pass(x_row, V, tdiv, n_tiles, m, tau, lmp, BLOCK)
-            tok = _draw_pass(x_row, V, tdiv, n_tiles, m, tau, mp_on, lmp, u * w_kept, BLOCK)
+        # (FAST: every working row was resolved in registers (done == 2) or flagged: no draw pass here.)
+        if not FAST:
+            if work & (done != 2):
+                if mp_on & (tau - m < lmp):  # min-p removes part of {z >= tau}: its mass is not known
+                    w_kept = _mass_pass(x_row, V, tdiv, n_tiles, m, tau, lmp, BLOCK)
+                tok = _draw_pass(x_row, V, tdiv, n_tiles, m, tau, mp_on, lmp, u * w_kept, BLOCK)
         tok = tl.where(greedy, amax, tok)
         tok = tl.where(bad, -1, tok)
-        tl.store(out_ptr + row, tok.to(tl.int64))
+        if FAST:
+            tl.store(out_ptr + row, tok.to(tl.int64), mask=need == 0)
+        else:
+            tl.store(out_ptr + row, tok.to(tl.int64), mask=need)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -599,7 +764,9 @@ def _param(t: Optional[Tensor], value, device, dtype):
 
 def _run(logits: Tensor, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p,
          seeds: Union[Tensor, int], out: Tensor, filter_mode: bool, *, block: Optional[int] = None,
-         cap: Optional[int] = None) -> None:
+         cap: Optional[int] = None) -> Optional[Tensor]:
+    """Launches the kernels; returns the fast kernel's per-row flags (1: left to the v1 kernel), None
+    where the fast path does not apply (tests check which path rows took)."""
     b, v = logits.shape
     if logits.stride(1) != 1:
         logits = logits.contiguous()
@@ -615,18 +782,26 @@ def _run(logits: Tensor, temperature_t, temperature, top_k_t, top_k, top_p_t, to
     use_p = has_p or pv < 1.0
     use_mp = has_mp or mv > 0.0
     has_seed_t = isinstance(seeds, Tensor)
+    # The fast top-k path: one k for every row, within the candidate capacity and the lane count.
+    fast = (not has_k) and 0 < kv < v and kv <= cap and kv <= block
     dummy = out  # never read where a scalar is used
     ws = torch.empty((b, 2 * cap) if (use_k or use_p) else (1,), dtype=torch.int64, device=dev)
-    _sampling_kernel[(b,)](
-        logits, logits.stride(0), v, triton.cdiv(v, block),
-        tt if has_t else dummy, tv, kt if has_k else dummy, min(kv, 1 << 62),
-        pt if has_p else dummy, pv, mt if has_mp else dummy, mv,
-        seeds if has_seed_t else dummy, 0 if has_seed_t else int(seeds), out, ws,
-        HAS_SEED_T=has_seed_t, HAS_T_T=has_t, HAS_K_T=has_k, HAS_P_T=has_p, HAS_MP_T=has_mp,
-        USE_K=use_k, USE_P=use_p, USE_MP=use_mp, FILTER=filter_mode,
-        BLOCK=block, NB=NB, W1=W1, HEADROOM=HEADROOM, CAP=cap, JC=min(JC, cap), MAX_ZOOM=MAX_ZOOM,
-        num_warps=NUM_WARPS if block >= 2048 else 4,
-    )
+    flags = torch.empty((b,) if fast else (1,), dtype=torch.int32, device=dev)
+    args = (logits, logits.stride(0), v, triton.cdiv(v, block),
+            tt if has_t else dummy, tv, kt if has_k else dummy, min(kv, 1 << 62),
+            pt if has_p else dummy, pv, mt if has_mp else dummy, mv,
+            seeds if has_seed_t else dummy, 0 if has_seed_t else int(seeds), out, ws, flags)
+    meta = dict(HAS_SEED_T=has_seed_t, HAS_T_T=has_t, HAS_K_T=has_k, HAS_P_T=has_p, HAS_MP_T=has_mp,
+                USE_K=use_k, USE_P=use_p, USE_MP=use_mp, FILTER=filter_mode, NEED_AMAX=has_t or tv == 0.0,
+                TJ=TJ,
+                BLOCK=block, NB=NB, W1=W1, HEADROOM=HEADROOM, CAP=cap, JC=min(JC, cap), MAX_ZOOM=MAX_ZOOM,
+                num_warps=NUM_WARPS if block >= 2048 else 4)
+    if fast:
+        # The fast kernel resolves almost every row; the v1 kernel then redoes only the rows it flagged
+        # (the others return after reading their flag). Stream order, no host sync.
+        _sampling_kernel[(b,)](*args, FAST=True, RESUME=False, maxnreg=168, **meta)
+    _sampling_kernel[(b,)](*args, FAST=False, RESUME=fast, **meta)
+    return flags if fast else None
 
 
 def sample(logits: Tensor, temperature_t: Optional[Tensor], temperature: float, top_k_t: Optional[Tensor],
