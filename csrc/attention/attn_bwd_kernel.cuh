@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_kernel(const AttnBwdParams 
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(128) attn_bwd_dq_kernel(const AttnBwdParams p) {
+__global__ void __launch_bounds__(128, 1) attn_bwd_dq_kernel(const AttnBwdParams p) {
   using Cfg = AttnBwdConfig<D>;
   constexpr int BM = Cfg::kQRowsPerCta, BN = Cfg::kKBlock, kThreads = Cfg::kThreads;
   constexpr int KD = D / 16;

@@ -43,7 +43,7 @@ struct AttnDecodeConfig {
 };
 
 template <typename T, int D>
-__global__ void __launch_bounds__(32) attn_decode_split_kernel(const AttnDecodeParams p) {
+__global__ void __launch_bounds__(32, 1) attn_decode_split_kernel(const AttnDecodeParams p) {
   using Cfg = AttnDecodeConfig<D>;
   constexpr int BN = Cfg::kBlockN, kRows = Cfg::kRows, kThreads = Cfg::kThreads;
   constexpr int KD = D / 16, NT = BN / 8, KS = BN / 16, OT = D / 8;

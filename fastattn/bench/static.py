@@ -65,6 +65,9 @@ CACHE_VERSION = "2"
 # otherwise in a comment: "fastattn-static: matmul" (every kernel in it), "fastattn-static: no-matmul" (none), or
 # "fastattn-static: skip" (not compiled here, e.g. a file only for the CPU emulation build).
 MATMUL_PATTERN = re.compile(r"(^|/)attention/|attn|attention|gemm|matmul|mma", re.IGNORECASE)
+# Kernels of a matmul file that are elementwise or reductions by design, named for what they do: the attention
+# backward's preprocess (delta = rowsum(dO * O)) and flash-decoding's log-sum-exp combine of the splits.
+NO_MATMUL_KERNEL = re.compile(r"_(delta|combine)_kernel\b")
 _MARKER = re.compile(r"fastattn-static:\s*(skip|matmul|no-matmul)\b")
 NVCC_FLAGS = ["-O3", "-lineinfo", "-std=c++17"]
 ARCHS = {90: "sm_90a", 80: "sm_80"}
@@ -405,7 +408,7 @@ def compile_cuda(src: Path, arch: int, tools: Tools, cache: Cache, headers: str)
                         spill_loads=pi.get("spill_loads", 0), stack=pi.get("stack", 0), smem=pi.get("smem", 0),
                         matmul=("matmul" in marks or (MATMUL_PATTERN.search(_rel(src)) is not None
                                                        or MATMUL_PATTERN.search(short) is not None))
-                        and "no-matmul" not in marks,
+                        and "no-matmul" not in marks and NO_MATMUL_KERNEL.search(short) is None,
                         compile_s=dt, key=key)
         if fn is not None:
             row.mix = sass.instruction_mix(fn.instrs)
