@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from . import reference
 from ._backend import BackendUnavailable
 from .ops import _checks, _dispatch
 from .ops.attention import ATTN_DTYPES, _check_qkv, attention_bwd, attention_fwd
@@ -277,6 +278,15 @@ def _pairs(layout: str, causal: bool, rank: int, src: int, sq: int, sk: int):
     return [(slice(c, sq), full_k, False)]
 
 
+def _block_forward(q: Tensor, k: Tensor, v: Tensor, kpm: Optional[Tensor], causal: bool, scale: float,
+                   backend: str) -> Tuple[Tensor, Tensor]:
+    """One block's (out, lse). float64 (the torch backend only) goes to the reference itself, whose lse stays
+    float64: the op's lse is float32 for every dtype, which would cost the merge float64's precision."""
+    if q.dtype == torch.float64:
+        return reference.attention(q, k, v, causal=causal, scale=scale, key_padding_mask=kpm)
+    return attention_fwd(q, k, v, None, kpm, causal, scale, backend)
+
+
 def _merge(out: Tensor, lse: Tensor, o_part: Tensor, l_part: Tensor) -> None:
     """out, lse (accumulators, in place) <- the softmax-weighted union of themselves and a partial result.
 
@@ -326,8 +336,8 @@ def _ring_forward(ring: _Ring, layout: str, q: Tensor, k: Tensor, v: Tensor, kpm
         if step + 1 < ring.world:  # the next block travels while this one is computed
             nxt, reqs = ring.exchange(msg, _TAG_KV)
         for qs, ks, blk_causal in _pairs(layout, causal, ring.rank, src, sq, sk):
-            o_p, l_p = attention_fwd(q[:, :, qs], kc[:, :, ks], vc[:, :, ks], None,
-                                     None if mc is None else mc[:, ks], blk_causal, scale, backend)
+            o_p, l_p = _block_forward(q[:, :, qs], kc[:, :, ks], vc[:, :, ks],
+                                      None if mc is None else mc[:, ks], blk_causal, scale, backend)
             _merge(out[:, :, qs], lse[:, :, qs], o_p, l_p)
         if reqs:
             _wait(reqs)
@@ -409,7 +419,7 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
     q: (B, Hq, S/W, D), k, v: (B, Hkv, S/W, D), this rank's shards in ``layout`` (as shard_sequence cuts them)
     of a sequence spread over the W ranks of ``group`` (default: the whole world). The result is exactly
     ``fastattn.attention(q, k, v, causal=causal, scale=scale, key_padding_mask=...)`` over the whole sequence,
-    cut the same way: (B, Hq, S/W, D), and with ``return_lse`` the float32 (float64 for float64 inputs)
+    cut the same way: (B, Hq, S/W, D), and with ``return_lse`` the float32
     log-sum-exp shard (B, Hq, S/W). Hq % Hkv == 0 (GQA/MQA).
 
     key_padding_mask: bool (B, S/W), this rank's shard of the (B, S) mask (True = real token); it travels with
@@ -471,4 +481,5 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, sca
     elif err is not None:
         raise err
     out, lse = _RingAttention.apply(q, k, v, key_padding_mask, causal, scale, chosen.name, layout, ring)
-    return (out, lse) if return_lse else out
+    # lse is float32 for every dtype, as fastattn.attention's (the ring merges in float64 for float64 inputs).
+    return (out, lse.float()) if return_lse else out

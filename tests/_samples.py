@@ -161,7 +161,7 @@ def attention_axes(mode: str) -> Dict[str, Sequence]:
         "bias": ATTN_BIAS_DEFAULT if mode == "cover" else ["none"] + bias_shapes(b, hq, sq, sk) + ["expanded"],
         "kpm": ["none", "ragged"],                               # ragged: one batch row pads, one sees no key
         "batch": [2, 0],
-        "d": [8, 12],
+        "d": [8, 12, 32],                                        # 32: a head dim the CUDA kernels take
     }
 
 
@@ -265,13 +265,14 @@ def decode_axes(mode: str) -> Dict[str, Sequence]:
         "heads": [(4, 2), (4, 4), (4, 1)],
         "lens": ["mixed", "full", "int64"],    # mixed: one empty sequence, one full, one partial
         "batch": [3, 0],
+        "d": [8, 32],                          # 32: a head dim the CUDA kernels take
     }
 
 
 def decode_samples(backend: str, device: str = "cpu", mode: str = "cover") -> Iterator[Sample]:
-    smax, d = 9, 8
+    smax = 9
     for i, case in enumerate(grid(decode_axes(mode), mode, edge=("batch",), product=FULL_AXES)):
-        dtype, layout, (hq, hkv), b = case["dtype"], case["layout"], case["heads"], case["batch"]
+        dtype, layout, (hq, hkv), b, d = case["dtype"], case["layout"], case["heads"], case["batch"], case["d"]
         if layout == "q_strided":  # q (B, Hq, D) as a view of a (Hq, B, D) tensor; contiguous caches
             q = _rand((hq, b, d), dtype, i, device=device)
             q = q.transpose(0, 1) if b > 0 else q.reshape(b, hq, d)

@@ -324,11 +324,14 @@ def test_ring_attention_matches_attention(spec, tmp_path_factory):
     for rank, m in enumerate(per_rank):
         assert "error" not in m, f"rank {rank}: {m.get('error')}"
         for what in ("out", "lse", "gathered"):
-            assert m[what] <= tol, f"rank {rank}: {what} relative error {m[what]:.3g} > {tol:.3g}"
+            # lse is float32 for every input dtype (the contract): for float64 inputs both sides are float32
+            # roundings of float64 values, at most one float32 ulp apart.
+            t = max(tol, 2.0 ** -23) if what == "lse" else tol
+            assert m[what] <= t, f"rank {rank}: {what} relative error {m[what]:.3g} > {t:.3g}"
         for what in ("dq", "dk", "dv"):  # gradients: 3x the output's budget (FlashAttention's rule)
             assert m[what] <= 3 * tol, f"rank {rank}: {what} relative error {m[what]:.3g} > {3 * tol:.3g}"
         assert m["out_dtype"] == f"torch.{spec['dtype']}"
-        assert m["lse_dtype"] == ("torch.float64" if spec["dtype"] == "float64" else "torch.float32")
+        assert m["lse_dtype"] == "torch.float32"  # for every input dtype, as fastattn.attention's lse
     if spec["kpm"] and spec["causal"]:  # the padded first chunk leaves causal rows with no key (lse -inf)
         assert sum(m["empty_rows"] for m in per_rank) > 0
 

