@@ -368,3 +368,46 @@ def test_encoder_training_with_attention_dropout_triton_vs_torch():
     for other in (run("torch", seed=200), run("torch", attn_dropout=0.0)):
         assert abs(other[0] - torch_losses[0]) > 1e-4 * abs(torch_losses[0])
     assert torch_losses[-1] < torch_losses[0]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("family", ["decoder", "encoder_decoder"])
+def test_decoder_models_train_with_attention_dropout_triton_vs_torch(family):
+    """As the encoder test above, for the Decoder (GPT-2's attn_pdrop) and the EncoderDecoder (T5's dropout on
+    the attention weights): the same losses on the Triton and torch backends step by step, and a different seed
+    or no attention dropout moves them (a loss linear in the logits, so the mask shows)."""
+    from fastattn.models import EncoderDecoder, EncoderDecoderConfig
+    dev = TRITON_DEVICE
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 40, (2, 9), generator=g).to(dev)
+    dec_ids = torch.randint(1, 40, (2, 6), generator=g).to(dev)
+    target = torch.randn(2, 9, 40, generator=g).to(dev)
+
+    def run(backend, attn_dropout=0.1, seed=100):
+        torch.manual_seed(0)
+        if family == "decoder":
+            model = Decoder(DecoderConfig(vocab_size=40, max_seq_len=16, d_model=32, n_layers=2, n_heads=2,
+                                          attn_dropout=attn_dropout), attn_backend=backend)
+        else:
+            model = EncoderDecoder(EncoderDecoderConfig(vocab_size=40, d_model=16, n_heads=2, head_dim=8, d_ff=24,
+                                                        n_layers=2, rel_buckets=8, rel_max_distance=16,
+                                                        attn_dropout=attn_dropout), attn_backend=backend)
+        model = model.to(dev).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        losses = []
+        for step in range(3):
+            torch.manual_seed(seed + step)
+            logits = model(ids) if family == "decoder" else model(ids, dec_ids)
+            loss = (logits * target[:, :logits.shape[1]]).mean()   # linear in the output, so the mask shows
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    torch_losses = run("torch")
+    triton_losses = run("triton")
+    for a, b in zip(triton_losses, torch_losses):
+        assert abs(a - b) <= 1e-5 * abs(b)
+    for other in (run("torch", seed=200), run("torch", attn_dropout=0.0)):
+        assert abs(other[0] - torch_losses[0]) > 1e-4 * abs(torch_losses[0])

@@ -33,7 +33,8 @@ class DecoderConfig:
     activation: str = "gelu_tanh"     # GPT-2's gelu_new
     bias: bool = True
     layer_norm_eps: float = 1e-5
-    dropout: float = 0.0              # residual and embedding dropout (attention dropout: not wired in here yet)
+    dropout: float = 0.0              # residual and embedding dropout
+    attn_dropout: float = 0.0         # attention dropout on the probabilities (GPT-2's attn_pdrop), in training
     tie_embeddings: bool = True
 
     def __post_init__(self):
@@ -93,6 +94,7 @@ class CausalSelfAttention(UsesAttend):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.backend = check_attn_backend(backend)
+        self.attn_dropout = config.attn_dropout
         self.qkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=config.bias)
         self.proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.bias)
 
@@ -106,7 +108,8 @@ class CausalSelfAttention(UsesAttend):
         q, k, v = qkv.transpose(1, 2).split([H, Hkv, Hkv], dim=1)        # (B, H, S, D), (B, Hkv, S, D) x2
         if cache is None or cache.empty:
             # A padded query row with no real key at or before it (left padding) comes out as zeros; unused.
-            y = attend(q, k, v, backend=self.backend, causal=True, bias=bias, key_padding_mask=kpm)  # (B, H, S, D)
+            y = attend(q, k, v, backend=self.backend, causal=True, bias=bias, key_padding_mask=kpm,
+                       dropout_p=self.attn_dropout if self.training else 0.0)                # (B, H, S, D)
             if cache is not None:  # prefill: the prompt fills positions [0, S) of the empty cache
                 if order is not None:  # compacted: real tokens to [0, lengths[b]), padding after, never read
                     idx = order.view(B, 1, S, 1).expand(B, Hkv, S, D)    # (B, Hkv, S, D)

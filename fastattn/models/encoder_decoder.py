@@ -35,6 +35,7 @@ class EncoderDecoderConfig:
     gated_ff: bool = False            # T5 v1.1 / flan-T5: act(wi_0 x) * wi_1 x
     layer_norm_eps: float = 1e-6
     dropout: float = 0.0
+    attn_dropout: float = 0.0         # attention dropout on the probabilities, in training (T5: dropout_rate)
     tie_embeddings: bool = True       # lm_head shares the input embedding
     scale_decoder_output: bool = True  # T5 (not v1.1) scales the decoder output by d_model^-0.5 before lm_head
     decoder_start_token_id: int = 0
@@ -108,7 +109,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         c = config
         self.norm_attn = RMSNorm(c.d_model, c.layer_norm_eps)
-        self.attn = Attention(c.d_model, c.n_heads, c.head_dim, bias=False, scale=1.0, backend=backend)
+        self.attn = Attention(c.d_model, c.n_heads, c.head_dim, bias=False, scale=1.0, backend=backend,
+                              dropout=c.attn_dropout)
         self.norm_ff = RMSNorm(c.d_model, c.layer_norm_eps)
         self.ff = FeedForward(c)
         self.drop = nn.Dropout(c.dropout)
@@ -123,9 +125,11 @@ class DecoderLayer(nn.Module):
         super().__init__()
         c = config
         self.norm_self = RMSNorm(c.d_model, c.layer_norm_eps)
-        self.self_attn = Attention(c.d_model, c.n_heads, c.head_dim, bias=False, scale=1.0, backend=backend)
+        self.self_attn = Attention(c.d_model, c.n_heads, c.head_dim, bias=False, scale=1.0, backend=backend,
+                                   dropout=c.attn_dropout)
         self.norm_cross = RMSNorm(c.d_model, c.layer_norm_eps)
-        self.cross_attn = Attention(c.d_model, c.n_heads, c.head_dim, bias=False, scale=1.0, backend=backend)
+        self.cross_attn = Attention(c.d_model, c.n_heads, c.head_dim, bias=False, scale=1.0, backend=backend,
+                                    dropout=c.attn_dropout)
         self.norm_ff = RMSNorm(c.d_model, c.layer_norm_eps)
         self.ff = FeedForward(c)
         self.drop = nn.Dropout(c.dropout)
