@@ -104,3 +104,27 @@ def require_backend(name: str) -> None:
     if name in expected_backends():
         pytest.fail(f"backend {name!r} is expected on this machine but unavailable: {why}", pytrace=False)
     pytest.skip(f"backend {name!r} unavailable here: {why}")
+
+
+def run_ctypes_script(code: str, *, asan: bool, timeout: float):
+    """Run ``code`` (Python that loads an emulated test library with ctypes and prints "returned <rc>") in a
+    fresh process with this checkout on the path; asan: with libasan preloaded, as the AddressSanitizer build
+    needs. Returns the CompletedProcess: a planted bug aborts it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fastattn import _emu
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    if asan:
+        env.update(LD_PRELOAD=_emu.asan_preload(), ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
+                   PYTHONMALLOC="malloc")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def assert_aborted(run, *needles):
+    """The process of run_ctypes_script aborted before returning, and its stderr names every needle."""
+    assert run.returncode != 0 and "returned" not in run.stdout, (run.returncode, run.stdout, run.stderr)
+    for needle in needles:
+        assert needle in run.stderr, f"{needle!r} not in:\n{run.stderr}"

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from fastattn import _backend, _cuda, _emu
+from _utils import assert_aborted, run_ctypes_script
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATED = _backend.cuda_emulated()
@@ -377,17 +378,7 @@ def run_planted(call: str, asan: bool = False):
         rc = lib.{call}
         print("returned", rc, flush=True)
     """)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if asan:
-        env.update(LD_PRELOAD=_emu.asan_preload(), ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
-                   PYTHONMALLOC="malloc")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-
-
-def assert_aborted(run, *needles):
-    assert run.returncode != 0 and "returned" not in run.stdout, (run.returncode, run.stdout, run.stderr)
-    for needle in needles:
-        assert needle in run.stderr, f"{needle!r} not in:\n{run.stderr}"
+    return run_ctypes_script(code, asan=asan, timeout=300)
 
 
 def test_lanes_at_different_mma_kinds_abort():

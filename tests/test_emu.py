@@ -10,10 +10,7 @@ None of this needs a GPU or fastattn._C: only a host C++ compiler, ninja and the
 compiler these tests fail (they are what makes the CUDA half testable without a GPU).
 """
 import ctypes
-import os
 import random
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,9 +18,9 @@ import pytest
 import torch
 
 from fastattn import _emu
+from _utils import assert_aborted, run_ctypes_script
 
 KDIR = Path(__file__).resolve().parent / "emu_kernels"
-ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES = ("forward", "reversed", "random", "warp_greedy")
 P = ctypes.c_void_p
 
@@ -299,17 +296,7 @@ def run_planted(call: str, asan=False, schedule="forward"):
         rc = lib.{call}
         print("returned", rc, flush=True)
     """)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if asan:
-        env.update(LD_PRELOAD=_emu.asan_preload(), ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
-                   PYTHONMALLOC="malloc")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-
-
-def assert_aborted(run, *needles):
-    assert run.returncode != 0 and "returned" not in run.stdout, (run.returncode, run.stdout, run.stderr)
-    for needle in needles:
-        assert needle in run.stderr, f"{needle!r} not in:\n{run.stderr}"
+    return run_ctypes_script(code, asan=asan, timeout=120)
 
 
 @pytest.mark.parametrize("schedule", ["forward", "reversed"])
