@@ -128,3 +128,39 @@ def assert_aborted(run, *needles):
     assert run.returncode != 0 and "returned" not in run.stdout, (run.returncode, run.stdout, run.stderr)
     for needle in needles:
         assert needle in run.stderr, f"{needle!r} not in:\n{run.stderr}"
+
+
+def lowp_attention(q, k, v, *, causal, scale, bias=None, kpm=None):
+    """PyTorch's own attention in the input dtype (FlashAttention's `upcast=False` reference): the baseline
+    error that FlashAttention's test rule scales. Differentiable."""
+    from fastattn import reference
+
+    hq = q.shape[1]
+    k = k.repeat_interleave(hq // k.shape[1], dim=1)
+    v = v.repeat_interleave(hq // v.shape[1], dim=1)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias.to(s.dtype)
+    mask = reference.attention_mask(q.shape[2], k.shape[2], causal, kpm, q.device)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    if mask is not None:
+        p = p.masked_fill(~mask.any(-1, keepdim=True), 0.0)  # rows with no key: 0, not NaN
+    return torch.matmul(p, v)
+
+
+def assert_same_filter(out, ref, what=""):
+    """A top_k_top_p_filter result against the reference's: same kept set (finite entries), same values there,
+    NaN rows alike."""
+    inf = float("inf")
+    assert out.shape == ref.shape and out.dtype == torch.float32, what
+    out, ref = out.cpu(), ref.cpu().float()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{what}: NaN rows differ"
+    kept_o, kept_r = out > -inf, ref > -inf
+    if not torch.equal(kept_o, kept_r):
+        rows = (kept_o != kept_r).any(1).nonzero().flatten().tolist()
+        raise AssertionError(f"{what}: kept sets differ in rows {rows}: kept {kept_o.sum(1).tolist()} vs "
+                             f"reference {kept_r.sum(1).tolist()}")
+    fin = kept_o & ~torch.isnan(out)
+    assert torch.equal(out[fin], ref[fin]), f"{what}: kept values differ"

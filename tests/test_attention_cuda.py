@@ -16,7 +16,7 @@ import torch
 
 import fastattn
 from fastattn import _backend, _cuda, reference
-from _utils import HAS_GPU, REL_TOL, assert_rel, rel_err, randn
+from _utils import HAS_GPU, REL_TOL, assert_rel, lowp_attention, randn, rel_err
 
 pytestmark = pytest.mark.cuda_kernel
 
@@ -38,23 +38,6 @@ def _inputs(b, hq, hkv, sq, sk, d, dtype, seed=0, bshd=False):
 def _ref(q, k, v, *, causal, scale, bias=None, kpm=None):
     f = lambda t: None if t is None else t.double()  # noqa: E731
     return reference.attention(f(q), f(k), f(v), causal=causal, scale=scale, bias=f(bias), key_padding_mask=kpm)
-
-
-def _lowp_attention(q, k, v, *, causal, scale, bias=None, kpm=None):
-    """PyTorch's attention in the input dtype: the baseline error of FlashAttention's rule (GPU cases)."""
-    hq = q.shape[1]
-    k = k.repeat_interleave(hq // k.shape[1], dim=1)
-    v = v.repeat_interleave(hq // v.shape[1], dim=1)
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if bias is not None:
-        s = s + bias.to(s.dtype)
-    mask = reference.attention_mask(q.shape[2], k.shape[2], causal, kpm, q.device)
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    if mask is not None:
-        p = p.masked_fill(~mask.any(-1, keepdim=True), 0.0)
-    return torch.matmul(p, v)
 
 
 def _assert_lse(got, want, tol=2e-3):
@@ -87,7 +70,7 @@ def _run_fwd(b, hq, hkv, sq, sk, d, dtype, *, causal=False, scale=None, bias_sha
     ref_out, ref_lse = _ref(q, k, v, causal=causal, scale=scale_v, bias=bias, kpm=kpm)
     lowp = None
     if HAS_GPU and not EMULATED:
-        lowp = _lowp_attention(q, k, v, causal=causal, scale=scale_v, bias=bias, kpm=kpm)
+        lowp = lowp_attention(q, k, v, causal=causal, scale=scale_v, bias=bias, kpm=kpm)
     _check_out(out, ref_out, lowp, dtype)
     _assert_lse(lse, ref_lse)
     return out, lse
@@ -285,7 +268,7 @@ def _run_bwd(b, hq, hkv, sq, sk, d, dtype, *, causal=False, scale=None, bias_sha
                                      key_padding_mask=kpm)
     want = torch.autograd.grad(ref_out, r64, dout.double())
     lp = [t.detach().requires_grad_(True) for t in leaves]
-    lowp_out = _lowp_attention(*lp[:3], causal=causal, scale=scale_v, bias=lp[3] if bias is not None else None,
+    lowp_out = lowp_attention(*lp[:3], causal=causal, scale=scale_v, bias=lp[3] if bias is not None else None,
                                kpm=kpm)
     lowp = torch.autograd.grad(lowp_out, lp, dout)
     for name, g, w, l in zip(("dq", "dk", "dv", "dbias"), got, want, lowp):

@@ -16,7 +16,7 @@ import fastattn
 from fastattn import reference
 from fastattn.ops import attention as attn_ops
 from fastattn.triton import attention as tri
-from _utils import HAS_GPU, REL_TOL, assert_rel, rel_err, randn
+from _utils import HAS_GPU, REL_TOL, assert_rel, lowp_attention, randn, rel_err
 
 pytestmark = pytest.mark.triton
 
@@ -79,24 +79,6 @@ def _ref_with_grads(q, k, v, dout, *, causal, scale, bias=None, kpm=None):
     return out.detach(), lse.detach(), grads
 
 
-def _lowp_attention(q, k, v, *, causal, scale, bias=None, kpm=None):
-    """PyTorch's own attention in the input dtype (FlashAttention's `upcast=False` reference): the baseline
-    error that FlashAttention's test rule scales. Differentiable."""
-    hq = q.shape[1]
-    k = k.repeat_interleave(hq // k.shape[1], dim=1)
-    v = v.repeat_interleave(hq // v.shape[1], dim=1)
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if bias is not None:
-        s = s + bias.to(s.dtype)
-    mask = reference.attention_mask(q.shape[2], k.shape[2], causal, kpm, q.device)
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    if mask is not None:
-        p = p.masked_fill(~mask.any(-1, keepdim=True), 0.0)  # rows with no key: 0, not NaN
-    return torch.matmul(p, v)
-
-
 def _check(what, got, ref64, lowp, dtype, grad=False):
     """Interpreted, or float32: a few units of the dtype's rounding. Compiled low precision: FlashAttention's
     rule, err(ours) <= 2x (3x for gradients) err(PyTorch in the input dtype) + a small floor."""
@@ -136,7 +118,7 @@ def _run_case(b, hq, hkv, sq, sk, d, dtype, *, causal=False, scale=None, bias_sh
     lowp_out, lowp_grads = None, [None] * 4
     if HAS_GPU and dtype in LOWP:
         leaves = [t.detach().requires_grad_(grads) if t is not None else None for t in (q, k, v, bias)]
-        lowp_out = _lowp_attention(*leaves[:3], causal=causal, scale=scale_v, bias=leaves[3], kpm=kpm)
+        lowp_out = lowp_attention(*leaves[:3], causal=causal, scale=scale_v, bias=leaves[3], kpm=kpm)
         if grads:
             lowp_out.backward(dout)
             lowp_grads = [t.grad if t is not None else None for t in leaves]
@@ -486,7 +468,7 @@ def _check_tma_forward(b, hq, hkv, sq, sk, d, dtype, causal, shape, bshd=False, 
     scale = 1.0 / math.sqrt(d)
     tri._attention_fwd_tma(q, k, v, causal, scale, out, lse, shape)
     ref_out, ref_lse, _ = _ref_with_grads(q, k, v, None, causal=causal, scale=scale)
-    lowp = _lowp_attention(q, k, v, causal=causal, scale=scale) if HAS_GPU else None
+    lowp = lowp_attention(q, k, v, causal=causal, scale=scale) if HAS_GPU else None
     _check("out", out, ref_out, lowp, dtype)
     _assert_lse(lse, ref_lse, 2e-3)
     if causal and sq > sk:

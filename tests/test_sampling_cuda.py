@@ -12,6 +12,7 @@ import torch
 
 import fastattn
 from fastattn import _backend, reference
+from _utils import assert_same_filter
 
 pytestmark = pytest.mark.cuda_kernel
 
@@ -33,19 +34,6 @@ def _logits(b, v, seed, scale=2.0, dtype=torch.float32, ties=False):
 
 def _seeds(b, seed):
     return torch.randint(-(1 << 62), 1 << 62, (b,), generator=_gen(seed)).to(DEV)
-
-
-def _assert_same_filter(out, ref, what=""):
-    assert out.shape == ref.shape and out.dtype == torch.float32, what
-    out, ref = out.cpu(), ref.cpu().float()
-    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{what}: NaN rows differ"
-    kept_o, kept_r = out > -INF, ref > -INF
-    if not torch.equal(kept_o, kept_r):
-        rows = (kept_o != kept_r).any(1).nonzero().flatten().tolist()
-        raise AssertionError(f"{what}: kept sets differ in rows {rows}: {kept_o.sum(1).tolist()} vs reference "
-                             f"{kept_r.sum(1).tolist()}")
-    fin = kept_o & ~torch.isnan(out)
-    assert torch.equal(out[fin], ref[fin]), f"{what}: kept values differ"
 
 
 def _check_tokens(x, tok, seeds, params, min_agree=1.0, what=""):
@@ -81,7 +69,7 @@ def test_filter_and_sample_match_reference(params, width):
     x = _logits(3, width, seed=width)
     params = {"temperature": 0.8, **params}
     out = fastattn.top_k_top_p_filter(x, backend="cuda", **params)
-    _assert_same_filter(out, reference.top_k_top_p_filter(x, **params), _case_id(params))
+    assert_same_filter(out, reference.top_k_top_p_filter(x, **params), _case_id(params))
     seeds = _seeds(3, width)
     tok = fastattn.sample(x, seed=seeds, backend="cuda", **params)
     assert tok.dtype == torch.int64 and tok.shape == (3,)
@@ -101,7 +89,7 @@ def test_per_row_parameters_dtypes_ties(kind):
     params = dict(temperature=torch.tensor([0.7, 1.3, 0.0, 1.0]), top_k=torch.tensor([30, 0, 5, 400]),
                   top_p=torch.tensor([0.9, 0.6, 0.5, 1.0]), min_p=torch.tensor([0.0, 0.05, 0.0, 0.01]))
     params = {k: t.to(DEV) for k, t in params.items()}
-    _assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
+    assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
                         reference.top_k_top_p_filter(x, **params), kind)
     seeds = _seeds(4, 3)
     _check_tokens(x, fastattn.sample(x, seed=seeds, backend="cuda", **params), seeds, params, what=kind)
@@ -114,7 +102,7 @@ def test_tie_groups_at_the_threshold():
     x[:, 50:250] = 1.0  # 200 ties below the 10 largest
     x = x.to(DEV)
     for params in (dict(top_k=15), dict(top_p=0.2), dict(top_p=0.7), dict(top_k=240, top_p=0.99), dict(top_k=10)):
-        _assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
+        assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
                             reference.top_k_top_p_filter(x, **params), str(params))
 
 
@@ -174,7 +162,7 @@ def test_special_rows():
         for params in (dict(), dict(top_k=3, top_p=0.5, min_p=0.1)):
             kw = dict(temperature=temperature, **params)
             out = fastattn.top_k_top_p_filter(x, backend="cuda", **kw)
-            _assert_same_filter(out, reference.top_k_top_p_filter(x, **kw), str(kw))
+            assert_same_filter(out, reference.top_k_top_p_filter(x, **kw), str(kw))
             tok = fastattn.sample(x, seed=7, backend="cuda", **kw).cpu()
             ref = reference.sample(x, seeds=torch.full((6,), 7, device=DEV), **kw).cpu()
             assert tok[:3].tolist() == [-1, -1, -1] and tok[4] == 123
@@ -185,7 +173,7 @@ def test_special_rows():
 def test_vocab_of_one_and_empty_batch():
     x = torch.randn(3, 1, device=DEV)
     assert fastattn.sample(x, top_k=5, top_p=0.3, seed=1, backend="cuda").tolist() == [0, 0, 0]
-    _assert_same_filter(fastattn.top_k_top_p_filter(x, top_p=0.3, backend="cuda"),
+    assert_same_filter(fastattn.top_k_top_p_filter(x, top_p=0.3, backend="cuda"),
                         reference.top_k_top_p_filter(x, top_p=0.3))
     assert fastattn.sample(torch.randn(0, 5, device=DEV), seed=1, backend="cuda").shape == (0,)
 
@@ -196,7 +184,7 @@ def test_out_of_range_per_row_parameters():
     params = dict(top_k=torch.tensor([300, 1 << 40, -4, 1, 257], device=DEV),
                   top_p=torch.tensor([0.0, 1.0, 0.3, 1.0, 0.999], device=DEV),
                   min_p=torch.tensor([0.0, 1.0, 0.0, 0.5, 0.0], device=DEV))
-    _assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
+    assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
                         reference.top_k_top_p_filter(x, **_clamped(params)))
     seeds = _seeds(5, 61)
     _check_tokens(x, fastattn.sample(x, seed=seeds, backend="cuda", **params), seeds, _clamped(params))
@@ -213,7 +201,7 @@ def _clamped(params):
 def test_wide_row(params):
     """One 70000-wide row (vocabulary-sized), float16."""
     x = _logits(1, 70000, seed=40, scale=3.0, dtype=torch.float16)
-    _assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
+    assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
                         reference.top_k_top_p_filter(x, **params), _case_id(params))
     seeds = _seeds(1, 41)
     _check_tokens(x, fastattn.sample(x, seed=seeds, backend="cuda", **params), seeds, params)
@@ -257,7 +245,7 @@ def test_gpu_large(b, v):
     params = dict(temperature=(torch.rand(b, generator=g) + 0.3).to(DEV),
                   top_k=torch.randint(0, 200, (b,), generator=g).to(DEV),
                   top_p=(torch.rand(b, generator=g) * 0.6 + 0.4).to(DEV), min_p=0.01)
-    _assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
+    assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
                         reference.top_k_top_p_filter(x, **params))
     seeds = _seeds(b, 3)
     _check_tokens(x, fastattn.sample(x, seed=seeds, backend="cuda", **params), seeds, params, min_agree=0.97)

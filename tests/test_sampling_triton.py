@@ -15,7 +15,7 @@ import fastattn
 from fastattn import reference
 from fastattn.triton import sampling as tsp
 
-from _utils import HAS_GPU
+from _utils import HAS_GPU, assert_same_filter
 
 pytestmark = pytest.mark.triton
 
@@ -42,20 +42,6 @@ def _logits(b, v, seed, scale=2.0, dtype=torch.float32, ties=False):
 
 def _seeds(b, seed):
     return torch.randint(-(1 << 62), 1 << 62, (b,), generator=_gen(seed)).to(_dev())
-
-
-def _assert_same_filter(out, ref, what=""):
-    """Same kept set (finite entries), same values there, NaN rows alike."""
-    assert out.shape == ref.shape and out.dtype == torch.float32
-    out, ref = out.cpu(), ref.cpu().float()
-    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{what}: NaN rows differ"
-    kept_o, kept_r = out > -INF, ref > -INF
-    if not torch.equal(kept_o, kept_r):
-        rows = (kept_o != kept_r).any(1).nonzero().flatten().tolist()
-        raise AssertionError(f"{what}: kept sets differ in rows {rows}: kept {kept_o.sum(1).tolist()} vs "
-                             f"reference {kept_r.sum(1).tolist()}")
-    fin = kept_o & ~torch.isnan(out)
-    assert torch.equal(out[fin], ref[fin]), f"{what}: kept values differ"
 
 
 def _launcher_args(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, **kw):
@@ -96,7 +82,7 @@ def test_filter_matches_reference(params, width):
     x = _logits(3, width, seed=width)
     params = {"temperature": 0.8, **params}
     out = fastattn.top_k_top_p_filter(x, backend="triton", **params)
-    _assert_same_filter(out, reference.top_k_top_p_filter(x, **params), _case_id(params))
+    assert_same_filter(out, reference.top_k_top_p_filter(x, **params), _case_id(params))
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -112,7 +98,7 @@ def test_filter_paths_and_dtypes(kind, path):
                   top_p=torch.tensor([0.9, 0.6, 0.5, 1.0]), min_p=torch.tensor([0.0, 0.05, 0.0, 0.01]))
     params = {k: t.to(_dev()) for k, t in params.items()}
     out = _kernel_filter(x, PATHS[path], **params)
-    _assert_same_filter(out, reference.top_k_top_p_filter(x, **params), f"{kind}/{path}")
+    assert_same_filter(out, reference.top_k_top_p_filter(x, **params), f"{kind}/{path}")
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -124,7 +110,7 @@ def test_tie_group_larger_than_cap(path):
     x[:, 50:250] = 1.0  # 200 ties below the 10 largest
     for params in (dict(top_k=15), dict(top_p=0.2), dict(top_p=0.7), dict(top_k=240, top_p=0.99)):
         out = _kernel_filter(x, PATHS[path], **params)
-        _assert_same_filter(out, reference.top_k_top_p_filter(x, **params), f"{params}/{path}")
+        assert_same_filter(out, reference.top_k_top_p_filter(x, **params), f"{params}/{path}")
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -178,7 +164,7 @@ def test_greedy_exact_with_ties():
                                                                                    device=_dev())).tolist()
         assert tok[0] == 17 and tok[2] == 299 and tok[3] == 123
         out = fastattn.top_k_top_p_filter(x, temperature=temperature, backend="triton")
-        _assert_same_filter(out, reference.top_k_top_p_filter(x, temperature=t), "greedy")
+        assert_same_filter(out, reference.top_k_top_p_filter(x, temperature=t), "greedy")
 
 
 @pytest.mark.parametrize("params", [dict(top_k=1), dict(top_p=1e-6), dict(min_p=0.999), dict(top_k=1, top_p=0.3)],
@@ -187,7 +173,7 @@ def test_single_kept_token_equals_reference(params):
     x = _logits(4, 999, seed=26)
     tok = fastattn.sample(x, temperature=0.7, seed=torch.arange(4, device=_dev()), backend="triton", **params)
     assert tok.cpu().tolist() == x.argmax(1).cpu().tolist()
-    _assert_same_filter(fastattn.top_k_top_p_filter(x, temperature=0.7, backend="triton", **params),
+    assert_same_filter(fastattn.top_k_top_p_filter(x, temperature=0.7, backend="triton", **params),
                         reference.top_k_top_p_filter(x, temperature=0.7, **params), _case_id(params))
 
 
@@ -241,15 +227,15 @@ def test_non_finite_rows():
 def test_v1_topk_ge_v_tiny_top_p():
     x1 = _logits(3, 1, seed=32)
     assert fastattn.sample(x1, top_k=5, top_p=0.1, seed=0, backend="triton").tolist() == [0, 0, 0]
-    _assert_same_filter(fastattn.top_k_top_p_filter(x1, top_p=0.1, backend="triton"),
+    assert_same_filter(fastattn.top_k_top_p_filter(x1, top_p=0.1, backend="triton"),
                         reference.top_k_top_p_filter(x1, top_p=0.1), "V=1")
     x = _logits(3, 77, seed=33)
     for k in (77, 78, 10 ** 12):
-        _assert_same_filter(fastattn.top_k_top_p_filter(x, top_k=k, top_p=0.9, backend="triton"),
+        assert_same_filter(fastattn.top_k_top_p_filter(x, top_k=k, top_p=0.9, backend="triton"),
                             reference.top_k_top_p_filter(x, top_k=k, top_p=0.9), f"top_k={k}")
     for p in (1e-9, 1e-30):
         out = fastattn.top_k_top_p_filter(x, top_p=p, backend="triton")
-        _assert_same_filter(out, reference.top_k_top_p_filter(x, top_p=p), f"top_p={p}")
+        assert_same_filter(out, reference.top_k_top_p_filter(x, top_p=p), f"top_p={p}")
         assert ((out > -INF).sum(1) == 1).all()
 
 
@@ -257,10 +243,10 @@ def test_strided_logits():
     wide = _logits(4, 900, seed=34)
     x = wide[:, :700]  # row stride 900
     params = dict(temperature=0.6, top_k=25, top_p=0.85)
-    _assert_same_filter(fastattn.top_k_top_p_filter(x, backend="triton", **params),
+    assert_same_filter(fastattn.top_k_top_p_filter(x, backend="triton", **params),
                         reference.top_k_top_p_filter(x, **params), "row stride")
     xt = _logits(300, 3, seed=35).t()  # column stride 3: the launcher makes it contiguous
-    _assert_same_filter(fastattn.top_k_top_p_filter(xt, backend="triton", **params),
+    assert_same_filter(fastattn.top_k_top_p_filter(xt, backend="triton", **params),
                         reference.top_k_top_p_filter(xt, **params), "column stride")
     assert torch.equal(fastattn.sample(x, seed=4, backend="triton", **params),
                        fastattn.sample(x.contiguous(), seed=4, backend="triton", **params))
@@ -298,7 +284,7 @@ def test_gpu_sizes(b, v):
     x = torch.randn(b, v, device="cuda") * 3
     seeds = torch.arange(b, device="cuda")
     for params in (dict(temperature=0.8, top_k=50, top_p=0.9), dict(top_p=0.95), dict(min_p=0.05, top_k=1000)):
-        _assert_same_filter(fastattn.top_k_top_p_filter(x, backend="triton", **params),
+        assert_same_filter(fastattn.top_k_top_p_filter(x, backend="triton", **params),
                             reference.top_k_top_p_filter(x, **params), f"{b}x{v} {params}")
         tok = fastattn.sample(x, seed=seeds, backend="triton", **params)
         kept = reference.top_k_top_p_filter(x, **params) > -INF
@@ -328,4 +314,4 @@ def test_fast_topk_path_and_its_fallback(ties):
     assert torch.equal(out.cpu(), ref.cpu())
     filt = torch.full((b, v), float("nan"), device=x.device)
     tsp._run(x, *_launcher_args(**params), 0, filt, True, **kw)
-    _assert_same_filter(filt, reference.top_k_top_p_filter(x, **params), "fast path")
+    assert_same_filter(filt, reference.top_k_top_p_filter(x, **params), "fast path")
