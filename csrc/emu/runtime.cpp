@@ -185,6 +185,7 @@ size_t g_sched_stack_size = 0;
 #endif
 
 cudaError_t g_last_error = cudaSuccess;
+std::string g_last_kernel;  // fastattn_emu_last_kernel
 unsigned long long g_launch_count = 0;
 Schedule g_schedule = Schedule::kRotate;
 bool g_schedule_read = false;
@@ -899,6 +900,7 @@ void launch_cluster(const char* pretty_kernel, const char* file, int line, dim3 
   Run r;
   r.kernel_storage = kernel_from_pretty(pretty_kernel);
   r.kernel = r.kernel_storage.c_str();
+  g_last_kernel = r.kernel_storage + " cluster " + std::to_string(ncta);
   r.launch_file = file;
   r.launch_line = line;
   r.grid = grid;
@@ -1066,6 +1068,11 @@ __attribute__((visibility("default"))) const char* fastattn_emu_schedule(void) {
 }
 __attribute__((visibility("default"))) unsigned long long fastattn_emu_launch_count(void) {
   return fastattn_emu::detail::g_launch_count;
+}
+// The kernel (and its cluster size) of the latest launch, e.g. "softmax_fwd_cluster_kernel<float, 512> cluster 8"
+// ("" before any): lets a test check which path a launcher took.
+__attribute__((visibility("default"))) const char* fastattn_emu_last_kernel(void) {
+  return fastattn_emu::detail::g_last_kernel.c_str();
 }
 
 }  // extern "C"
