@@ -203,6 +203,8 @@ def cluster_path(monkeypatch):
 @pytest.mark.parametrize("rows, n, per_row", [(5, 16385, True), (3, 40001, False), (1, 131077, True)],
                          ids=["c2_16385", "c4_40001", "c8_131077"])
 def test_cluster_forward_matches_float64(rows, n, per_row, dtype, cluster_path):
+    if dtype != torch.float32 and n <= 32768:
+        n += 16386  # 16-bit rows up to 32768 stay in registers: the narrowest cluster row is 4 CTAs
     x = randn(rows, n, dtype=dtype, seed=n, scale=4.0)
     inv_t = _inv_t(rows, per_row)
     y = _fwd(x, inv_t, per_row)
@@ -246,7 +248,7 @@ def test_cluster_special_rows(cluster_path):
 def test_cluster_strided_rows(dtype, cluster_path):
     """x and y at different 16-byte phases, and a row stride that moves each row's phase (element path,
     vector path, head/tail split changing from row to row)."""
-    n = 20003
+    n = 20003 if dtype == torch.float32 else 40003  # wider than registers
     base = randn(4, n + 5, dtype=dtype, seed=n, scale=2.0)
     inv_t = _inv_t(4, False)
     for k in (0, 1, 3):
