@@ -191,10 +191,10 @@ def cluster_path(monkeypatch):
         lib = ctypes.CDLL(str(_emu.build_extension()))
         lib.fastattn_emu_last_kernel.restype = ctypes.c_char_p
 
-    def took(n):
+    def took(n, kernel="softmax_fwd_cluster_kernel"):
         if lib is not None:
             name = lib.fastattn_emu_last_kernel().decode()
-            assert "softmax_fwd_cluster_kernel" in name and name.endswith(f"cluster {_cluster_size(n)}"), name
+            assert kernel in name and name.endswith(f"cluster {_cluster_size(n)}"), name
 
     return took
 
@@ -310,10 +310,67 @@ def test_cluster_not_taken_by_default(monkeypatch):
     assert_rel(y, _ref_fwd(x, _inv_t(2, False)), TOL[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("rows, n, per_row", [(5, 16390, True), (3, 40001, False), (1, 131077, True)],
+                         ids=["c2_16390", "c4_40001", "c8_131077"])
+def test_cluster_backward_matches_float64(rows, n, per_row, dtype, cluster_path):
+    """dx = y (dy - sum(dy y)) / T with dy and y of the row in the cluster's shared memory; a NaN in dy makes
+    its row NaN; an all-zero y row (the forward of an all -inf row) gives zeros."""
+    x = randn(rows, n, dtype=dtype, seed=n, scale=3.0)
+    inv_t = _inv_t(rows, per_row)
+    y = _fwd(x, inv_t, per_row)
+    g = randn(rows, n, dtype=dtype, seed=n + 1)
+    dx = _bwd(g, y, inv_t, per_row)
+    cluster_path(n, "softmax_bwd_cluster_kernel")
+    assert dx.dtype == dtype and dx.shape == (rows, n) and dx.is_contiguous()
+    assert_rel(dx, _ref_bwd(g, y.cpu(), inv_t), TOL[dtype], "backward")
+    if rows > 1:
+        g[1, n // 2] = float("nan")
+        y = y.cpu().clone()
+        y[0] = 0
+        dx = _bwd(g, y, inv_t, per_row).cpu()
+        assert torch.equal(dx[0], torch.zeros(n, dtype=dtype)) and bool(torch.isnan(dx[1]).all())
+        assert_rel(dx[2:], _ref_bwd(g[2:], y[2:], inv_t[2:]), TOL[dtype], "other rows")
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=_id)
+def test_cluster_backward_strided_rows(dtype, cluster_path):
+    """dy, y and dx at different 16-byte phases (element path) and row strides that move the phase."""
+    n = 20003
+    base = randn(3, n + 3, dtype=dtype, seed=n)
+    inv_t = _inv_t(3, False)
+    y = _fwd(base[:, 1:n + 1].contiguous(), inv_t, False)
+    ybase = torch.cat([torch.zeros(3, 2, dtype=dtype), y.cpu(), torch.zeros(3, 1, dtype=dtype)], 1).to(DEV)
+    for ky, kg in ((2, 2), (2, 1)):
+        yv = ybase[:, ky:ky + n]
+        gv = base.to(DEV)[:, kg:kg + n]
+        dx = _cuda.softmax_bwd(gv, yv, None, float(inv_t[0]))
+        cluster_path(n, "softmax_bwd_cluster_kernel")
+        assert_rel(dx, _ref_bwd(gv.cpu(), yv.cpu(), inv_t), TOL[dtype], f"y at +{ky}, dy at +{kg}")
+
+
+def test_cluster_autograd_along_dim0(cluster_path):
+    """fastattn.softmax(backend="cuda") forward and backward along dim 0 of a (20000, 3) tensor."""
+    x = randn(20000, 3, seed=41, scale=2.0).to(DEV).requires_grad_(True)
+    t = (torch.rand(1, 3, generator=torch.Generator().manual_seed(6)) + 0.5).to(DEV)
+    y = fastattn.softmax(x, t, dim=0, backend="cuda")
+    g = randn(20000, 3, seed=42).to(DEV)
+    (dx,) = torch.autograd.grad(y, x, g)
+    cluster_path(20000, "softmax_bwd_cluster_kernel")
+    xd = x.detach().cpu().double().requires_grad_(True)
+    yd = reference.softmax(xd, t.cpu().double(), dim=0)
+    (dxd,) = torch.autograd.grad(yd, xd, g.cpu().double())
+    assert_rel(y, yd, TOL[torch.float32], "forward")
+    assert_rel(dx, dxd, TOL[torch.float32], "backward")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
 @pytest.mark.parametrize("rows, n", [(1, 152064), (4, 262144), (64, 131072), (300, 40000)])
 def test_gpu_cluster_large(rows, n, dtype, cluster_path):
     x = randn(rows, n, dtype=dtype, seed=rows, scale=3.0)
     inv_t = _inv_t(rows, True)
-    assert_rel(_fwd(x, inv_t, True), _ref_fwd(x, inv_t), TOL[dtype], "forward")
+    y = _fwd(x, inv_t, True)
+    assert_rel(y, _ref_fwd(x, inv_t), TOL[dtype], "forward")
+    g = randn(rows, n, dtype=dtype, seed=rows + 1)
+    assert_rel(_bwd(g, y, inv_t, True), _ref_bwd(g, y.cpu(), inv_t), TOL[dtype], "backward")

@@ -46,7 +46,7 @@
 //
 // 4. softmax_fwd_cluster_kernel<T, THREADS> (sm_90 only; v3): rows too wide for one CTA's registers, held
 //    whole in the distributed shared memory of a thread-block cluster (common/cluster.cuh).
-//    Grid: clusters of `csize` CTAs (2, 4 or 8: cluster_plan below) along x, one cluster per row (grid-stride
+//    Grid: clusters of `csize` CTAs (2, 4 or 8: softmax_cluster::plan) along x, one cluster per row (grid-stride
 //    over rows); block: THREADS threads. CTA `rank` owns the contiguous piece [rank * piece, + piece) of the row
 //    (piece a multiple of 8 elements, so every piece starts at the row's 16-byte phase) and keeps it in its
 //    dynamic shared memory as fp32 t = x * s.
@@ -63,11 +63,11 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
 
 #include "common/cluster.cuh"
 #include "common/device_utils.cuh"
 #include "common/launch.cuh"
+#include "softmax/softmax_cluster.h"
 #include "softmax/softmax_fwd_launch.h"
 #include "softmax/softmax_split.h"
 
@@ -329,29 +329,10 @@ __global__ void __launch_bounds__(THREADS) softmax_fwd_split_norm_kernel(const S
   if (tid < sp.tail) y[tail0 + tid] = from_float<T>(exp2f(to_float(x[tail0 + tid]) * s - mu) * inv);
 }
 
-// ---- v3: the row in a cluster's distributed shared memory (sm_90) -------------------------------------------
-constexpr int kClusterThreads = 512;
-constexpr int kClusterSlots = 16;             // slots per reduction (>= the largest cluster)
+// ---- v3: the row in a cluster's distributed shared memory (sm_90; plan in softmax_cluster.h) ------------------
+constexpr int kClusterThreads = softmax_cluster::kThreads;
+constexpr int kClusterSlots = softmax_cluster::kSlots;
 constexpr int64_t kClusterHeaderFloats = 96;  // slots_max, slots_sum, two warp-partial buffers
-constexpr int64_t kClusterTargetPiece = 16384;  // floats per CTA (64 KB) the plan aims at: 3 CTAs per SM
-constexpr int64_t kClusterMaxPiece = 49152;     // floats per CTA at most: 192 KB + header < 227 KB
-constexpr int kClusterMaxSize = 8;              // portable cluster size
-
-struct ClusterPlan {
-  int csize;      // 0: the row does not fit a cluster
-  int64_t piece;  // elements per CTA, a multiple of 8
-};
-
-// Smallest cluster of 2, 4 or 8 CTAs whose pieces stay within kClusterTargetPiece, else 8 CTAs with larger
-// pieces (up to kClusterMaxPiece: rows of up to 393,216 elements).
-inline ClusterPlan cluster_plan(int64_t n) {
-  int csize = 2;
-  while (csize < kClusterMaxSize && csize * kClusterTargetPiece < n) csize *= 2;
-  int64_t piece = (n + csize - 1) / csize;
-  piece = (piece + 7) / 8 * 8;
-  if (piece > kClusterMaxPiece) return {0, 0};
-  return {csize, piece};
-}
 
 template <typename T, int THREADS>
 __global__ void __launch_bounds__(THREADS) softmax_fwd_cluster_kernel(const SoftmaxFwdParams p, int64_t piece) {
@@ -471,29 +452,8 @@ __global__ void __launch_bounds__(THREADS) softmax_fwd_cluster_kernel(const Soft
 #endif
 }
 
-// Whether to take the cluster kernel: on a GPU of compute capability 9.x or newer unless FASTATTN_CUDA_CLUSTER=0;
-// in the emulated build only when FASTATTN_CUDA_CLUSTER=1 (so the tests choose which path they exercise).
-inline bool cluster_enabled() {
-  const char* env = std::getenv("FASTATTN_CUDA_CLUSTER");
-#if defined(__CUDACC__)
-  if (env != nullptr && env[0] == '0') return false;
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return false;
-  static int major_of[64] = {};  // 0: not asked yet (a device attribute query, no synchronisation)
-  if (device >= 64) return false;
-  if (major_of[device] == 0) {
-    int major = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) major = -1;
-    major_of[device] = major;
-  }
-  return major_of[device] >= 9;
-#else
-  return env != nullptr && env[0] == '1';
-#endif
-}
-
 template <typename T>
-cudaError_t launch_cluster(const SoftmaxFwdParams& p, const ClusterPlan& plan, cudaStream_t stream) {
+cudaError_t launch_cluster(const SoftmaxFwdParams& p, const softmax_cluster::Plan& plan, cudaStream_t stream) {
   const int64_t clusters_max = kMaxGridX / plan.csize;
   const int64_t clusters = p.rows < clusters_max ? p.rows : clusters_max;
   const dim3 grid(static_cast<unsigned>(clusters * plan.csize));
@@ -544,8 +504,8 @@ cudaError_t softmax_fwd_launch(const SoftmaxFwdParams& p, cudaStream_t stream) {
   if (n <= 1024 * kVec) return launch_regs<T, 256, 4>(p, stream);
   if (n <= 2048 * kVec) return launch_regs<T, 512, 4>(p, stream);
   if (n <= 4096 * kVec) return launch_regs<T, 1024, 4>(p, stream);
-  if (cluster_enabled()) {  // sm_90: the whole row in a cluster's shared memory (v3), one read and one write
-    const ClusterPlan cplan = cluster_plan(n);
+  if (softmax_cluster::enabled()) {  // sm_90: the whole row in a cluster's shared memory (v3)
+    const softmax_cluster::Plan cplan = softmax_cluster::plan(n, sizeof(float));  // the piece is kept as fp32
     if (cplan.csize > 0) return launch_cluster<T>(p, cplan, stream);
   }
   const softmax_split::Plan plan = softmax_split::plan(p.rows, n);
