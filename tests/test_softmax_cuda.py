@@ -283,13 +283,14 @@ def test_cluster_same_bits_under_every_schedule(cluster_path):
     x = randn(3, 33000, seed=12, scale=3.0)
     inv_t = _inv_t(3, True)
     outs = []
+    before = lib.fastattn_emu_schedule()
     try:
         for schedule in ("forward", "reversed", "random", "warp_greedy"):
             assert lib.fastattn_emu_set_schedule(schedule.encode()) == 0
             outs.append(_fwd(x, inv_t, True))
             cluster_path(33000)
     finally:
-        lib.fastattn_emu_set_schedule(b"rotate")
+        lib.fastattn_emu_set_schedule(before)
     for out in outs[1:]:
         assert torch.equal(out, outs[0])
     assert_rel(outs[0], _ref_fwd(x, inv_t), TOL[torch.float32])
