@@ -37,6 +37,7 @@
 #include "softmax/softmax_bwd.h"
 // ---- end cudasmp ----
 #include "testing/primitives_test.h"
+#include "testing/cluster_test.h"  // cuda-cluster
 
 namespace fastattn {
 namespace {
@@ -672,6 +673,28 @@ at::Tensor test_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t plan
   return c;
 }
 
+// ---- cuda-cluster ----
+// _test_cluster_reduce_cuda(x (rows, n) f32, cluster, mode) -> (rows, 1 + cluster) f32: [r, 0] the row sums
+// reduced through a cluster's distributed shared memory, [r, 1 + rank] 1000 * rank + nctarank
+// (csrc/testing/cluster_test.h; mode: 0 pull, 1 push, 2 planted missing barrier, 3 planted early exit).
+at::Tensor test_cluster_reduce_cuda(const at::Tensor& x, int64_t cluster, int64_t mode) {
+  constexpr const char* op = "_test_cluster_reduce_cuda";
+  TORCH_CHECK(x.dim() == 2, "fastattn::", op, ": x must be (rows, n), got shape ", x.sizes());
+  check_test_tensor(x, op, "x", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "fastattn::", op, ": x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(cluster >= 1 && cluster <= 16, "fastattn::", op, ": cluster must be in [1, 16], got ", cluster);
+  TORCH_CHECK(mode >= 0 && mode <= 3, "fastattn::", op, ": mode must be 0, 1, 2 or 3, got ", mode);
+  TORCH_CHECK(x.size(0) * cluster <= 65535 * 16, "fastattn::", op, ": too many rows (", x.size(0), ")");
+  const DeviceGuard guard(x.device());
+  at::Tensor out = at::empty({x.size(0), 1 + cluster}, x.options()).fill_(NAN);
+  check_cuda(testing::cluster_reduce_test(x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), x.size(0),
+                                          x.size(1), static_cast<int>(cluster), static_cast<int>(mode),
+                                          current_stream(x)),
+             op);
+  return out;
+}
+// ---- end cuda-cluster ----
+
 }  // namespace
 }  // namespace fastattn
 
@@ -697,6 +720,7 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.def("_test_ldmatrix_cuda(Tensor a, Tensor b, Tensor c, int a_mode, int b_mode) -> Tensor");
   m.def("_test_cp_async_cuda(Tensor src, int bytes, bool planted_missing_wait) -> Tensor");
   m.def("_test_gemm_cuda(Tensor a, Tensor b, int planted) -> Tensor");
+  m.def("_test_cluster_reduce_cuda(Tensor x, int cluster, int mode) -> Tensor");  // cuda-cluster
 }
 
 #if defined(FASTATTN_EMULATE)
@@ -718,6 +742,7 @@ TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);
   m.impl("_test_cp_async_cuda", &fastattn::test_cp_async_cuda);
   m.impl("_test_gemm_cuda", &fastattn::test_gemm_cuda);
+  m.impl("_test_cluster_reduce_cuda", &fastattn::test_cluster_reduce_cuda);  // cuda-cluster
 }
 
 #if !defined(FASTATTN_EMULATE)
