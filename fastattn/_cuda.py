@@ -392,10 +392,14 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     return dq, dk, dv, dbias
 
 
-# Decode splits (flash-decoding): enough CTAs for ~2 waves of the chip, each split >= _MIN_SPLIT keys. The SM
-# count is asked once per device (cached), never per call. The emulated build pretends a 4-SM chip and allows
-# 32-key splits, so that the small tests take the split + combine path.
-_MIN_SPLIT, _MAX_SPLITS = 256, 128
+# Decode splits (flash-decoding): one wave of CTAs, about one per SM. A CTA (4 warps, a 3-6 stage cp.async
+# pipeline) keeps 40-72 KB of K/V in flight, above the ~32 KB per SM that Little's law asks for at an H200's
+# copy bandwidth and ~1 us loaded latency (benchmarks/NOTES.md, CUDA decode v2), so more CTAs than SMs would only
+# add partials to combine; when the batch x KV heads x 16-head tiles already reach the SM count, no split (and
+# no combine launch). Each split keeps >= _MIN_SPLIT keys. The SM count is asked once per device (cached),
+# never per call. The emulated build pretends a 4-SM chip and allows one-block splits, so that the small tests
+# take the split + combine path.
+_MIN_SPLIT, _MAX_SPLITS = 128, 128
 _EMU_SMS, _EMU_MIN_SPLIT = 4, 32
 _sm_counts: dict = {}
 
@@ -409,14 +413,13 @@ def _sm_count(device: torch.device) -> int:
 
 
 def decode_num_splits(b: int, hq: int, hkv: int, smax: int, device: torch.device) -> int:
-    """Key splits per (batch, KV head, 16-head tile): a host heuristic from the batch x heads and the SM count."""
+    """Key splits per (batch, KV head, 16-head tile): SMs // tiles (one wave), >= 1, each >= _MIN_SPLIT keys."""
     if _emu.emulated():
         sms, min_split = _EMU_SMS, _EMU_MIN_SPLIT
     else:
         sms, min_split = _sm_count(device), _MIN_SPLIT
     tiles = max(1, b * hkv * -(-(hq // max(hkv, 1)) // 16))
-    want = -(-2 * sms // tiles)
-    return max(1, min(want, -(-smax // min_split), _MAX_SPLITS))
+    return max(1, min(sms // tiles, -(-smax // min_split), _MAX_SPLITS))
 
 
 def unsupported_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor) -> Optional[str]:

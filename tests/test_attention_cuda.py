@@ -425,11 +425,54 @@ def test_decode_strided_nan_and_empty():
 
 def test_decode_num_splits_heuristic():
     dev = torch.device(DEV)
+    sms = _cuda._EMU_SMS if EMULATED else _cuda._sm_count(dev)
     assert _cuda.decode_num_splits(1, 8, 1, 8192, dev) > 1  # one KV head, one sequence: split over the keys
     assert _cuda.decode_num_splits(64, 32, 8, 8192, dev) == 1  # the batch fills the chip
     assert _cuda.decode_num_splits(1, 8, 1, 16, dev) == 1  # too few keys to split
+    for b, hq, hkv in [(1, 32, 8), (1, 8, 1), (2, 40, 2), (3, 4, 4)]:  # one wave: at most one CTA per SM
+        tiles = b * hkv * -(-(hq // hkv) // 16)
+        splits = _cuda.decode_num_splits(b, hq, hkv, 1 << 20, dev)
+        assert splits == max(1, min(sms // tiles, _cuda._MAX_SPLITS)), (b, hq, hkv, splits)
     assert "float32" in _cuda.unsupported_decode(torch.zeros(1, 2, 32), torch.zeros(1, 1, 4, 32),
                                                  torch.zeros(1, 1, 4, 32), torch.zeros(1, dtype=torch.int32))
+
+
+def _decode_block(d):
+    """Keys per pipeline block of the decode kernel (16 per key group, 4 key groups; 2 at D = 256)."""
+    return 32 if d == 256 else 64
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=DT_IDS.get)
+@pytest.mark.parametrize("d", [32, 64, 96, 128, 256])
+def test_decode_ragged_lengths_across_key_groups_and_splits(d, dtype):
+    """B > 1 ragged lengths against the block of 4 key groups x 16 keys: 0 and 1 key, fewer keys than one key
+    group / than the 4 groups (idle warps), one past and one short of a block, and a cache long enough that the
+    pipeline refills every stage (> stages + 1 blocks). Each split count puts split edges inside sequences and
+    leaves the short ones with empty splits (-inf partials). Checked per sequence against float64."""
+    blk = _decode_block(d)
+    stages = {32: 6, 64: 4, 96: 4, 128: 3, 256: 3}[d]
+    smax = (stages + 2) * blk + 9
+    lengths = [0, 1, 5, blk // 4 + 1, blk - 1, blk + 1, 2 * blk + 3, smax]
+    q, kc, vc, seqlens = _decode_inputs(len(lengths), 8, 2, smax, d, dtype, lengths, seed=d + len(lengths))
+    want = reference.decode_attention(q.double(), kc.double(), vc.double(), seqlens, scale=0.15)
+    for splits in (None, 1, 2, 3, 7):
+        got = _cuda.decode_attention(q, kc, vc, seqlens, 0.15, num_splits=splits)
+        assert got.shape == q.shape and got.dtype == dtype
+        assert (got[0] == 0).all(), f"splits={splits}: an empty sequence gives zeros"
+        for i in range(1, len(lengths)):
+            assert_rel(got[i], want[i], REL_TOL[dtype], f"splits={splits}, length {lengths[i]}")
+
+
+@pytest.mark.parametrize("d", [32, 128, 256])
+def test_decode_nan_query_head_with_splits(d):
+    """NaN in one query head reaches that head only, through the key-group merge and the split combine."""
+    q, kc, vc, seqlens = _decode_inputs(2, 8, 2, 200, d, torch.bfloat16, [200, 70], seed=d + 5)
+    q[0, 5, 3] = float("nan")
+    want = reference.decode_attention(q.double(), kc.double(), vc.double(), seqlens, scale=0.1)
+    for splits in (1, 3):
+        got = _cuda.decode_attention(q, kc, vc, seqlens, 0.1, num_splits=splits)
+        assert torch.isnan(got[0, 5]).all() and torch.isfinite(got[0, :5]).all() and torch.isfinite(got[1]).all()
+        assert_rel(got, want, REL_TOL[torch.bfloat16])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -474,6 +517,41 @@ def test_same_bits_under_every_schedule_and_landing():
     _assert_lse(first[1], ref_lse)
     want = reference.decode_attention(qd.double(), kc.double(), vc.double(), lens, scale=0.2)
     assert_rel(first[5], want, REL_TOL[torch.float16])
+
+
+@pytest.mark.skipif(not EMULATED, reason="thread orders and copy landing times are the emulation's settings")
+def test_decode_same_bits_under_every_schedule_and_landing():
+    """Decode with every pipeline stage refilled (> stages + 1 blocks per split) at D = 32 (6 stages) and
+    D = 128 (3 stages), ragged lengths, one and several splits: a missing wait or barrier (a stage refilled while
+    a warp still reads it, a block read before it lands, the key-group merge reading a warp's partial early)
+    would make some (schedule, landing) pair differ or fail the reference."""
+    import ctypes
+
+    from fastattn import _emu
+
+    lib = _emu.load_settings(_emu.build_extension())
+    lib.fastattn_emu_set_cp_async_landing.argtypes = [ctypes.c_char_p]
+    cases = [_decode_inputs(2, 8, 2, 8 * 64 + 5, 32, torch.float16, [8 * 64 + 5, 3 * 64 - 7], seed=71),
+             _decode_inputs(2, 4, 1, 5 * 64 + 3, 128, torch.bfloat16, [5 * 64 + 3, 64 + 1], seed=72)]
+    runs = {}
+    try:
+        for landing in ("at_wait", "at_issue"):
+            for sch in SCHEDULES:
+                assert lib.fastattn_emu_set_schedule(sch.encode()) == 0
+                assert lib.fastattn_emu_set_cp_async_landing(landing.encode()) == 0
+                runs[(landing, sch)] = [_cuda.decode_attention(q, kc, vc, lens, 0.2, num_splits=splits)
+                                        for q, kc, vc, lens in cases for splits in (1, 2)]
+    finally:
+        lib.fastattn_emu_set_schedule(b"rotate")
+        lib.fastattn_emu_set_cp_async_landing(b"at_wait")
+    first = runs[("at_wait", "forward")]
+    for key, got in runs.items():
+        for a, b in zip(got, first):
+            assert torch.equal(a, b), key
+    for i, (q, kc, vc, lens) in enumerate(cases):
+        want = reference.decode_attention(q.double(), kc.double(), vc.double(), lens, scale=0.2)
+        for j in range(2):
+            assert_rel(first[2 * i + j], want, REL_TOL[q.dtype])
 
 
 # ----------------------------------------------------------------------------------------------------------
