@@ -501,7 +501,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd_cuda(
 
 // attn_decode_cuda(q (B, Hq, D), k_cache, v_cache (B, Hkv, Smax, D), cache_seqlens int32 (B,), scale, num_splits)
 //   -> out (B, Hq, D) contiguous in q's dtype. Lengths are clamped to [0, Smax] in the kernel; num_splits (>= 1)
-//   is the caller's heuristic, rounded here to whole 32-key blocks per split.
+//   is the caller's heuristic, rounded here to whole key blocks per split (attn_decode_key_block: 64 keys, 32 at D = 256).
 at::Tensor attn_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& cache_seqlens, double scale, int64_t num_splits) {
   constexpr const char* op = "attn_decode_cuda";
