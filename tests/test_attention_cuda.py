@@ -752,3 +752,12 @@ def test_gpu_forward_bias_kpm_bshd():
     kpm = kpm.to(DEV)
     _run_fwd(2, 4, 2, 257, 300, 64, torch.bfloat16, causal=True, bias_shape=(2, 4, 257, 300), kpm=kpm, seed=51)
     _run_fwd(2, 4, 2, 257, 300, 128, torch.float16, bias_shape=(2, 1, 1, 300), kpm=kpm, bshd=True, seed=52)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("sq,sk", [(113, 203), (1023, 1024)], ids=lambda s: str(s))
+def test_gpu_dropout(sq, sk, d):
+    """Dropout on the GPU: out and gradients against the float64 reference on the same stream (FlashAttention's
+    rule with the same mask), causal GQA with a bias."""
+    _run_dropout(2, 4, 2, sq, sk, d, torch.bfloat16, 0.1, causal=True, bias_shape=(1, 4, sq, sk), seed=sq + d)
