@@ -17,8 +17,9 @@
 //   Invariant: after iteration n, o = sum_{j < 64 (n + 1)} exp2(s2_j - m) v_j and l = sum exp2(s2_j - m) over
 //   the keys of blocks 0..n, m = max over them (-inf when all are hidden; then exp2 uses 0 for m).
 //   Dropout (p.dropout.enabled, a uniform runtime branch, no template flag): after l has taken P, each entry of
-//   P is zeroed unless dropout_keep (common/philox.cuh: one Philox4x32-10 per score, counter (key, query row,
-//   b * Hq + h, offset)) keeps it; the epilogue multiplies by 1 / (1 - p). lse is of the undropped softmax.
+//   P is zeroed unless its bit of attn::dropout_keep_bits is set (attn_dropout.cuh: one Philox4x32-10 per score,
+//   counter (key, query row, b * Hq + h, offset), drawn one at a time); the epilogue multiplies by 1 / (1 - p).
+//   lse is of the undropped softmax.
 //   Epilogue: out = o / l (0 when l == 0: no visible key), lse = (m + log2 l) ln 2 (-inf when l == 0).
 //   Global reads: q once; k, v once per (query tile, head); bias and the key padding mask once per score.
 //   Writes: out and lse once. Rows past Sq are computed on zero-filled Q rows but never written; key rows past
