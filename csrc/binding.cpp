@@ -305,7 +305,14 @@ void check_attn_operand(const at::Tensor& t, const at::Tensor& q, const char* op
               "elements and a 16-byte aligned address, got strides ", t.strides(), "; call .contiguous() first");
 }
 
-// attn_fwd_cuda(q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D), bias?, key_padding_mask? (B, Sk) bool, causal, scale)
+// Attention dropout p in [0, 1) (0: none); seed and offset key its stream (common/dropout.h).
+void check_dropout_p(double dropout_p, const char* op) {
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fastattn::", op, ": dropout_p must be in [0, 1), got ",
+              dropout_p);
+}
+
+// attn_fwd_cuda(q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D), bias?, key_padding_mask? (B, Sk) bool, causal, scale,
+//               dropout_p, seed, offset)
 //   -> (out (B, Hq, Sq, D) contiguous in q's dtype, lse (B, Hq, Sq) float32)
 // bias: fp32/fp16/bf16, 4-D, broadcastable to (B, Hq, Sq, Sk) (read through expanded strides, 0 where broadcast).
 at::Tensor check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& q, const char* op,
@@ -326,8 +333,9 @@ at::Tensor check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& q
 std::tuple<at::Tensor, at::Tensor> attn_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const std::optional<at::Tensor>& bias,
                                                  const std::optional<at::Tensor>& key_padding_mask, bool causal,
-                                                 double scale) {
+                                                 double scale, double dropout_p, int64_t seed, int64_t offset) {
   constexpr const char* op = "attn_fwd_cuda";
+  check_dropout_p(dropout_p, op);
   TORCH_CHECK(on_kernel_device(q), "fastattn::", op, ": q must be a ", kDeviceWord, " tensor, got device ",
               q.device());
   TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastattn::", op,
@@ -397,18 +405,21 @@ std::tuple<at::Tensor, at::Tensor> attn_fwd_cuda(const at::Tensor& q, const at::
   for (int i = 0; i < 3; ++i) p.lse_stride[i] = lse.stride(i);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   p.causal = causal;
+  p.dropout = make_attn_dropout(dropout_p, seed, offset);
   check_cuda(attn_fwd(p, to_dtype(q, op, "q"), static_cast<int>(d), current_stream(q)), op);
   return {out, lse};
 }
 
-// attn_bwd_cuda(dout, q, k, v, out, lse, bias?, key_padding_mask?, causal, scale, bias_requires_grad)
+// attn_bwd_cuda(dout, q, k, v, out, lse, bias?, key_padding_mask?, causal, scale, bias_requires_grad, dropout_p,
+//               seed, offset): the forward's dropout, its mask regenerated
 //   -> (dq (B, Hq, Sq, D), dk, dv (B, Hkv, Sk, D) contiguous in the inputs' dtype,
 //       dbias: fp32 (B, Hq, Sq, Sk) holding dS when bias_requires_grad (the caller sums broadcast dims), else (0,))
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_padding_mask,
-    bool causal, double scale, bool bias_requires_grad) {
+    bool causal, double scale, bool bias_requires_grad, double dropout_p, int64_t seed, int64_t offset) {
   constexpr const char* op = "attn_bwd_cuda";
+  check_dropout_p(dropout_p, op);
   TORCH_CHECK(on_kernel_device(q), "fastattn::", op, ": q must be a ", kDeviceWord, " tensor, got device ",
               q.device());
   TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastattn::", op,
@@ -495,6 +506,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd_cuda(
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   p.causal = causal;
+  p.dropout = make_attn_dropout(dropout_p, seed, offset);
   check_cuda(attn_bwd(p, to_dtype(q, op, "q"), static_cast<int>(d), current_stream(q)), op);
   return {dq, dk, dv, dbias};
 }
@@ -709,10 +721,10 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
         "int top_k, Tensor? top_p_t, float top_p, Tensor? min_p_t, float min_p) -> Tensor");
   // ---- end cudasmp ----
   m.def("attn_fwd_cuda(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_padding_mask, bool causal, "
-        "float scale) -> (Tensor, Tensor)");
+        "float scale, float dropout_p=0.0, int seed=0, int offset=0) -> (Tensor, Tensor)");
   m.def("attn_bwd_cuda(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? bias, "
-        "Tensor? key_padding_mask, bool causal, float scale, bool bias_requires_grad) -> (Tensor, Tensor, Tensor, "
-        "Tensor)");
+        "Tensor? key_padding_mask, bool causal, float scale, bool bias_requires_grad, float dropout_p=0.0, "
+        "int seed=0, int offset=0) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("attn_decode_cuda(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float scale, "
         "int num_splits) -> Tensor");
   // Test kernels of the primitives (tests/test_cuda_primitives.py); no fake kernels, not for tracing.
