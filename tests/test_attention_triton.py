@@ -444,6 +444,19 @@ def test_every_pickable_config_fits_shared_memory(arch):
     assert not over, f"configs over {budget // 1024} KB on {arch} (pass, D, dtype, bias bytes, config, KB): {over}"
 
 
+def test_dropout_offset_reaches_the_kernels_as_32_bits():
+    """fastattn.ops draws 64-bit dropout offsets; the stream uses their low 32 bits, and the kernels take those as
+    an int32 (a 64-bit argument made the counter tile int64, which tl.philox cannot bitcast to its uint32 words:
+    no dropout kernel compiled on a GPU; the interpreter accepted it). The mask stays the reference's."""
+    from fastattn.triton.attention.common import _dropout_args
+    for off in (0, 1, 7, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 2 ** 31 + 5, 2 ** 62 - 1):
+        got = _dropout_args(0.1, 5, off)[1]
+        assert -2 ** 31 <= got < 2 ** 31 and got & 0xFFFFFFFF == off & 0xFFFFFFFF, off
+    seed, off = 2 ** 61 + 3, 2 ** 40 + 2 ** 31 + 5
+    got = tri.dropout_mask(1, 2, 9, 21, 0.3, seed, off, DEV)
+    assert torch.equal(got, reference.dropout_keep(1, 2, 9, 21, 0.3, seed, off, torch.device(DEV)))
+
+
 @pytest.mark.parametrize("flag,want", [(None, True), ("1", True), ("0", False)])
 def test_autotune_switch(monkeypatch, flag, want):
     if flag is None:
