@@ -781,8 +781,11 @@ def attention_cases(full: bool) -> List[TritonCase]:
             q = _meta((b, h, s, d), _dt(dt))
             A.attention_fwd(q, _meta((b, h, s, d), _dt(dt)), _meta((b, h, s, d), _dt(dt)), None, None, causal,
                             d ** -0.5, dropout_p=dropout, seed=_SEED, offset=_OFFSET)
-        hot = {} if causal or dropout else {"_attn_fwd_kernel": lambda a: [
-            ("_attn_fwd_inner", "for start_n in range(lo, hi, BLOCK_N)", [a["Sk"] // a["BLOCK_N"], 0])]}
+        # the key loop (unmasked copy, then the masked one, which runs no block here); with dropout most of its
+        # instructions come from Philox's unrolled rounds, so line info names it after that loop
+        loop = (("philox_impl", "for _ in tl.static_range(n_rounds)") if dropout else
+                ("_attn_fwd_inner", "for start_n in range(lo, hi, BLOCK_N)"))
+        hot = {} if causal else {"_attn_fwd_kernel": lambda a: [(*loop, [a["Sk"] // a["BLOCK_N"], 0])]}
         flops = 4 * b * h * s * s * d * (0.5 if causal else 1.0)
         return TritonCase(f"attention fwd {dt} B{b} H{h} S{s} D{d}{' causal' if causal else ''}"
                           f"{f' dropout {dropout}' if dropout else ''}", "attention",
