@@ -54,9 +54,10 @@ _SHAPES_DROPOUT = {
     ("dkdv", 256): [(64, 32, 8, 2), (32, 32, 8, 2)],
 }
 # sm_80 - sm_89: both mma.sync operands live in registers, so the sm_90 picks spill there (sm_80, bf16: fwd D=128
-# 128x128 312 B, dq D=128 128x64 464 B, dk/dv D=128 64x128 72 B, D=256 fwd 120 B and dq 192 B); key and query
-# blocks of 64 (32 at D=256) at 8 warps compile with no spill, with dropout too, and fit an A100's shared memory.
-# The last of each list is for a full bias tile (smaller, within the budget with a float32 bias).
+# 128x128 312 B, dq D=128 128x64 464 B, dk/dv D=128 64x128 72 B, D=256 fwd 120 B and dq 192 B). The first picks
+# below (64-row blocks in the backward, 64- or 32-key blocks in the forward) compile on sm_80 with no spill, with
+# dropout too except where the dropout list below has its own, and fit an A100's shared memory; where the first
+# does not fit with a float32 bias tile, a later one does.
 _SHAPES_SM80 = {
     ("fwd", 64): [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
     ("fwd", 128): [(128, 64, 8, 3), (64, 64, 4, 2)],
