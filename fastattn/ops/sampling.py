@@ -66,11 +66,13 @@ def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_
 # Checks
 # ----------------------------------------------------------------------------------------------------------
 
-def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expected: str, clamp: tuple):
+def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expected: str):
     """Returns (tensor or None, number); a number out of range raises, naming the argument.
 
-    A (B,) tensor is not range-checked, since that would synchronise the device on every call: its elements
-    are clamped to ``clamp`` = (low, high) (None: unbounded) instead, which gives every value a defined result.
+    A tensor parameter (a (B,) tensor of any stride, or a 0-dim tensor for every row; int32/int64 for top_k,
+    any float dtype for the others) goes to the kernels as it is: no torch op runs for it here. Its values are
+    not range-checked, since that would synchronise the device on every call: each backend clamps them where it
+    loads them instead (reference.PARAM_RANGES), which gives every value a defined result.
     FASTATTN_STRICT_CHECKS=1 checks them too (and synchronises), raising as for a number.
     """
     if isinstance(value, Tensor):
@@ -84,9 +86,7 @@ def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expecte
                              "one device")
         if _checks.STRICT and not _checks.is_compiling() and value.numel() and not bool(ok(value).all()):
             raise ValueError(f"{name} must be {expected} (every element of the {name} tensor)")
-        want = torch.int64 if integer else torch.float32
-        t = value if value.dim() == 1 and value.dtype == want else value.reshape(-1).expand(b).to(want)
-        return torch.clamp(t, *clamp), (0 if integer else 0.0)  # clamp also makes it a fresh contiguous tensor
+        return value, (0 if integer else 0.0)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integer and not isinstance(value, numbers.Integral)):
         raise TypeError(f"{name} must be {'an int' if integer else 'a float'} or a (B,) tensor, got "
                         f"{type(value).__name__}")
@@ -94,11 +94,6 @@ def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expecte
     if not ok(number):  # the predicates use only comparisons and &, so they take numbers and tensors alike
         raise ValueError(f"{name} must be {expected}, got {value}")
     return None, number
-
-
-# Where tensor parameters are clamped (see _check_param): temperature below 0 is greedy, top_k below 0 is no
-# top-k, top_p at or below 0 keeps the most probable token only, min_p is taken in [0, 1].
-_TINY = torch.finfo(torch.float32).tiny
 
 
 def _checked_params(logits: Tensor, temperature, top_k, top_p, min_p):
@@ -110,13 +105,11 @@ def _checked_params(logits: Tensor, temperature, top_k, top_p, min_p):
     dev = logits.device
     return (
         _check_param("temperature", temperature, b, dev, integer=False,
-                     ok=lambda t: (t >= 0) & (t < float("inf")), expected="a finite float >= 0", clamp=(0.0, None)),
-        _check_param("top_k", top_k, b, dev, integer=True, ok=lambda t: t >= 0, expected="an int >= 0",
-                     clamp=(0, None)),
+                     ok=lambda t: (t >= 0) & (t < float("inf")), expected="a finite float >= 0"),
+        _check_param("top_k", top_k, b, dev, integer=True, ok=lambda t: t >= 0, expected="an int >= 0"),
         _check_param("top_p", top_p, b, dev, integer=False, ok=lambda t: (t > 0) & (t <= 1),
-                     expected="in (0, 1]", clamp=(_TINY, 1.0)),
-        _check_param("min_p", min_p, b, dev, integer=False, ok=lambda t: (t >= 0) & (t < 1), expected="in [0, 1)",
-                     clamp=(0.0, 1.0)),
+                     expected="in (0, 1]"),
+        _check_param("min_p", min_p, b, dev, integer=False, ok=lambda t: (t >= 0) & (t < 1), expected="in [0, 1)"),
     )
 
 
