@@ -232,7 +232,7 @@ __device__ uint32_t radix_search(Shared& sh, const T* __restrict__ x, int64_t V,
 
 // A row's float parameter: the tensor's element as float, clamped into [lo, hi] with NaN kept (as torch.clamp);
 // the number val (checked by the caller) when there is no tensor.
-__device__ __forceinline__ float row_param(const RowParam& r, int64_t row, float val, float lo, float hi) {
+__device__ __forceinline__ float row_param(const RowParam r, int64_t row, float val, float lo, float hi) {
   if (r.ptr == nullptr) return val;
   const int64_t i = row * r.stride;
   float x;
@@ -247,7 +247,7 @@ __device__ __forceinline__ float row_param(const RowParam& r, int64_t row, float
 }
 
 // top_k: the int32 / int64 element, below 0 -> 0 (no top-k).
-__device__ __forceinline__ int64_t row_param_int(const RowParam& r, int64_t row, int64_t val) {
+__device__ __forceinline__ int64_t row_param_int(const RowParam r, int64_t row, int64_t val) {
   if (r.ptr == nullptr) return val;
   const int64_t i = row * r.stride;
   const int64_t k = r.type == ParamType::kInt32 ? static_cast<int64_t>(static_cast<const int32_t*>(r.ptr)[i])
@@ -255,8 +255,10 @@ __device__ __forceinline__ int64_t row_param_int(const RowParam& r, int64_t row,
   return k < 0 ? 0 : k;
 }
 
+// (kThreads, 1): without a minimum of one block per SM ptxas aims sm_80 at 64 registers, where this kernel sat
+// exactly at the limit: the parameter clamps tipped it into spills (32 B). 78 registers on sm_80 (1 block/SM).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) sampling_kernel(const SamplingParams p, float scale) {
+__global__ void __launch_bounds__(kThreads, 1) sampling_kernel(const SamplingParams p, float scale) {
   __shared__ Shared sh;
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t V = p.vocab;
