@@ -142,3 +142,16 @@ def test_tensor_parameters_reach_the_kernel_as_given(monkeypatch):
     fastattn.sample(x, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, seed=seeds, backend="triton")
     assert seen["tt"] is temp and seen["kt"] is top_k and seen["pt"] is top_p and seen["mt"] is min_p
     assert seen["seeds"] is seeds
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(top_k=torch.tensor([1.0, 2.0])), "top_k must have dtype in \\(int32, int64\\)"),
+    (dict(temperature=torch.tensor([1, 2])), "temperature must have dtype in"),
+    (dict(top_p=torch.tensor([True, False])), "top_p must have dtype in"),
+    (dict(min_p=torch.zeros(2, 1)), "min_p must be a number or a tensor of shape"),
+    (dict(top_k=True), "top_k must be an int"), (dict(temperature="1"), "temperature must be a float"),
+    (dict(top_k=2.0), "top_k must be an int"), (dict(seed=1.5), "seed must be an int"),
+])
+def test_bad_parameter_types_name_the_argument(kw, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        fastattn.sample(torch.randn(2, 10), backend="torch", **kw)
