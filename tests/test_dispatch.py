@@ -295,6 +295,21 @@ def test_host_benchmark_runs_and_restores_the_kernels():
     assert "stub / bare" in host.report(rows, torch.device("cpu"), "triton")
 
 
+def test_host_timing_loop_without_cuda_sync(monkeypatch):
+    """bench.host and timing.host_time share timing.loop_time; sync=False never touches CUDA (CPU stubs)."""
+    from fastattn.bench import timing
+    calls = []
+
+    def no_sync():
+        raise AssertionError("synchronised")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", no_sync)
+    assert timing.loop_time(lambda: calls.append(1), 7, sync=False) > 0 and len(calls) == 7
+    assert timing.host_time(lambda: sum(range(100)), rep_ms=2.0, sync=False) > 0
+    with pytest.raises(AssertionError, match="synchronised"):
+        timing.loop_time(lambda: None, 1, sync=True)
+
+
 @pytest.mark.triton
 def test_decode_launch_plan_gives_the_same_answers_as_the_checked_path():
     """The second call with the same metadata takes the kept plan: new values still give the reference's
