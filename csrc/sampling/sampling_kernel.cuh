@@ -389,9 +389,10 @@ __device__ void general_row(Shared& sh, const SamplingParams& p, int64_t row, co
 //  1. pass 1 keeps, per lane (thread t, element c of its 16-byte vector: logits j with j % chunk == t * N + c),
 //     only the NaN-propagating running max of the raw logits x: one max per element (packed pairs for 16-bit
 //     types), no division, no key. z = x / T is monotone in x, so a lane's max z is its max x divided once.
-//  2. Lz = the k-th largest lane-max z, by a 32-step bisection of counts over the keys. The k lanes at or above
-//     it hold k distinct elements, so the row's (or the piece's) k-th largest z is >= Lz; every element with
-//     z >= Lz lies in a lane whose max is >= Lz: about k lanes of the chunk's kThreads * N.
+//  2. Lz = a lower bound on the k-th largest lane-max z (its key to 24 bits, by a 24-step bisection of counts
+//     over the keys). The k lanes at or above it hold k distinct elements, so the row's (or the piece's) k-th
+//     largest z is >= Lz; every element with z >= Lz lies in a lane whose max is >= Lz: about k lanes of the
+//     chunk's kThreads * N.
 //  3. only those lanes are re-read (one element per chunk each, usually still in L2), divided exactly, and the
 //     elements with z >= Lz listed in shared memory: a superset of the top-k set, about k entries.
 //  4. the list is resolved pairwise: rank (elements strictly larger) and mass strictly above each entry give
@@ -401,8 +402,7 @@ __device__ void general_row(Shared& sh, const SamplingParams& p, int64_t row, co
 // A NaN, +inf or all -inf row, or a list over its capacity (tie groups at the bound), takes the general path.
 // Row split (mode 1 + mode 2): each piece of the row runs 1-3 on its chunks (its k-th largest is <= the row's,
 // so its list holds every element of the row's top-k set in the piece) and writes the list to the workspace;
-// then one CTA per row merges the lists, cuts them to the row's exact k-th largest key by the same bisection,
-// and resolves as 4.
+// then one CTA per row merges the lists (cut by the same bisection when longer than kResCap) and resolves as 4.
 constexpr int kFastK = 128;                           // top-k up to this takes the fast path
 constexpr int kLaneCap = 512;                         // candidate lanes listed
 constexpr int kCandCap = 1024;                        // one CTA's list (no split)
@@ -418,7 +418,7 @@ struct FastShared {
   int ri[kResCap];
   unsigned long long re[kResCap];  // fixed-point masses of the resolved entries
   int lanes[kLaneCap];
-  unsigned cnt[2][kWarps];
+  uint4 cnt[2][kWarps / 4];
   unsigned long long red_u[kWarps];
   long long red_l[kWarps];
   float red_f[kWarps];
@@ -530,6 +530,9 @@ __device__ __forceinline__ void pass1_lane_max(const T* __restrict__ x, int64_t 
   const int64_t fend = aligned ? (ch1 < nfull ? ch1 : nfull) : ch0;
   const T* __restrict__ px = x + off;
   int64_t ch = ch0;
+  // Four 16-byte loads in flight per thread (32 KB per CTA); no further unrolling (the static report counts
+  // these loops' trips as written).
+#pragma unroll 1
   for (; ch + 4 <= fend; ch += 4) {  // fastattn-static-loop: pass1
     const uint4 v0 = load16(px + ch * CH), v1 = load16(px + (ch + 1) * CH);
     const uint4 v2 = load16(px + (ch + 2) * CH), v3 = load16(px + (ch + 3) * CH);
@@ -538,7 +541,9 @@ __device__ __forceinline__ void pass1_lane_max(const T* __restrict__ x, int64_t 
     lm.update(v2);
     lm.update(v3);
   }
+#pragma unroll 1
   for (; ch < fend; ++ch) lm.update(load16(px + ch * CH));  // fastattn-static-loop: pass1-rest
+#pragma unroll 1
   for (; ch < ch1; ++ch) {  // fastattn-static-loop: pass1-scalar
 #pragma unroll
     for (int c = 0; c < N; ++c) {
@@ -548,32 +553,36 @@ __device__ __forceinline__ void pass1_lane_max(const T* __restrict__ x, int64_t 
   }
 }
 
-// The k-th largest of the CTA's keys (k >= 1, at most the number of keys; unused slots hold 0, below every
-// key of a number). 32 steps of counting keys >= mid; `cnt` is 2 x kWarps scratch. Ends with a barrier.
+// A lower bound on the k-th largest of the CTA's keys (1 <= k <= the number of keys; unused slots hold 0, below
+// every key of a number): the largest K whose low 8 bits are 0 with count(keys >= K) >= k, built bit by bit
+// from the top (count is monotone in K), 24 steps of one count each. The k keys >= K hold k distinct elements,
+// so K is <= the k-th largest; it is within 2^-15 (relative) of it, which leaves only rare extra candidates.
+// `cnt` is 2 x kWarps scratch. Ends with a barrier.
 template <int NK>
-__device__ uint32_t kth_largest_key(const uint32_t (&keys)[NK], int64_t k, unsigned (&cnt)[2][kWarps]) {
+__device__ uint32_t kth_largest_key_bound(const uint32_t (&keys)[NK], int64_t k, uint4 (&cnt)[2][kWarps / 4]) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  uint64_t lo = 0, hi = uint64_t{1} << 32;  // count(>= lo) >= k > count(>= hi)
-  for (int step = 0; step < 32; ++step) {  // fastattn-static-loop: bisection
-    const uint32_t mid = static_cast<uint32_t>((lo + hi) >> 1);
+  const unsigned kk = static_cast<unsigned>(k);
+  uint32_t res = 0;
+#pragma unroll 1
+  for (int bit = 31; bit >= 8; --bit) {  // fastattn-static-loop: bisection
+    const uint32_t cand = res | (1u << bit);
     unsigned c = 0;
 #pragma unroll
-    for (int i = 0; i < NK; ++i) c += keys[i] >= mid ? 1u : 0u;
+    for (int i = 0; i < NK; ++i) c += keys[i] >= cand ? 1u : 0u;
     c = __reduce_add_sync(0xffffffffu, c);
-    unsigned* buf = cnt[step & 1];
-    if (lane == 0) buf[warp] = c;
+    uint4* buf = cnt[bit & 1];
+    if (lane == 0) reinterpret_cast<unsigned*>(buf)[warp] = c;
     __syncthreads();  // why: double-buffered: step s + 2 writes this buffer only after barrier s + 1
     unsigned total = 0;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) total += buf[w];
-    if (total >= static_cast<uint64_t>(k)) {
-      lo = mid;
-    } else {
-      hi = mid;
+    for (int w = 0; w < kWarps / 4; ++w) {
+      const uint4 q = buf[w];
+      total += q.x + q.y + q.z + q.w;
     }
+    if (total >= kk) res = cand;
   }
   __syncthreads();
-  return static_cast<uint32_t>(lo);
+  return res;
 }
 
 struct PieceResult {
@@ -609,7 +618,7 @@ __device__ PieceResult fast_piece(FastShared& f, const T* __restrict__ x, int64_
   r.mz = block_reduce(mz_t, f.red_f, MaxF());
   r.n = 0;
   if (r.flags != 0) return r;  // uniform
-  const uint32_t lz = kth_largest_key(keys, keff, f.cnt);
+  const uint32_t lz = kth_largest_key_bound(keys, keff, f.cnt);
   if (tid == 0) {
     f.nlanes = 0;
     f.ncand = 0;
@@ -630,8 +639,10 @@ __device__ PieceResult fast_piece(FastShared& f, const T* __restrict__ x, int64_
   }
   // Gather: warp w takes listed lanes w, w + kWarps, ...; its threads take the lane's chunks.
   const int lane = tid % 32, warp = tid / 32;
+#pragma unroll 1
   for (int li = warp; li < nl; li += kWarps) {  // fastattn-static-loop: gather-lanes
     const int l = f.lanes[li];
+#pragma unroll 1
     for (int64_t ch = ch0 + lane; ch < ch1; ch += 32) {  // fastattn-static-loop: gather
       const int64_t j = ch * CH + l;
       if (j < V) {
@@ -661,14 +672,14 @@ __device__ bool fast_resolve(FastShared& f, const SamplingParams& p, int64_t row
   const float* zs = f.cz;
   const int* is = f.ci;
   int nr = n;
-  if (n > kResCap) {  // cut the list to the row's top-k set: {key >= the k-th largest key}
+  if (n > kResCap) {  // fastattn-static-site: cut (the list cut to {key >= a bound <= its k-th largest})
     uint32_t keys[kMergePerThread];
 #pragma unroll
     for (int i = 0; i < kMergePerThread; ++i) {
       const int e = tid + i * kThreads;
       keys[i] = e < n ? key_of(f.cz[e]) : 0u;
     }
-    const uint32_t tau = kth_largest_key(keys, keff, f.cnt);
+    const uint32_t tau = kth_largest_key_bound(keys, keff, f.cnt);
     if (tid == 0) f.nres = 0;
     __syncthreads();
 #pragma unroll
@@ -710,7 +721,7 @@ __device__ bool fast_resolve(FastShared& f, const SamplingParams& p, int64_t row
     }
   }
   const bool keep_k = act && rank < keff;  // fewer than k strictly larger
-  if (greedy) {
+  if (greedy) {  // fastattn-static-site: greedy
     const long long amax = block_reduce(keep_k ? static_cast<long long>(ij) : static_cast<long long>(INT64_MAX),
                                         f.red_l, MinL());
     if (p.filtered != nullptr) {
@@ -724,7 +735,7 @@ __device__ bool fast_resolve(FastShared& f, const SamplingParams& p, int64_t row
   const bool keep_p = keep_k && (!p_on || static_cast<double>(above) <
                                               static_cast<double>(rp.top_p) * static_cast<double>(s_k));
   const bool keep = keep_p && (!mp_on || zj - m >= lmp);
-  if (p.filtered != nullptr) {
+  if (p.filtered != nullptr) {  // fastattn-static-site: filter
     const long long kf = block_reduce(keep_p ? static_cast<long long>(key_of(zj)) : static_cast<long long>(INT64_MAX),
                                       f.red_l, MinL());
     write_filtered(p, row, x, rp.t, false, false, false, -1, static_cast<uint32_t>(kf), mp_on, m, lmp);
@@ -752,42 +763,75 @@ __device__ __forceinline__ bool fast_eligible(const RowParams& rp, int64_t V) {
   return V <= INT32_MAX && (rp.t == 0.f || (rp.k > 0 && rp.k < V && rp.k <= kFastK));
 }
 
+// Mode 2: the row's pieces (headers and lists in the workspace) merged into f.cz / f.ci.
+__device__ __forceinline__ PieceResult merge_pieces(FastShared& f, const unsigned char* ws, int64_t S) {
+  const int tid = static_cast<int>(threadIdx.x);
+  if (tid == 0) {
+    int off = 0, fl = 0;
+    float mz = -INFINITY;
+    for (int64_t s = 0; s < S; ++s) {  // fastattn-static-loop: merge-headers
+      const int* hdr = reinterpret_cast<const int*>(ws + s * kWsSlotBytes);
+      f.piece_off[s] = off;
+      off += hdr[0];
+      fl |= hdr[1];
+      mz = fmaxf(mz, __int_as_float(hdr[2]));
+    }
+    f.piece_off[S] = off;
+    f.mflags = fl | (off > kMergeCap ? 4 : 0);
+    f.mz = mz;
+  }
+  __syncthreads();
+  PieceResult r;
+  r.n = f.piece_off[S];
+  r.flags = f.mflags;
+  r.mz = f.mz;
+  if (r.flags == 0) {
+    for (int64_t s = 0; s < S; ++s) {  // fastattn-static-loop: merge
+      const int2* ent = reinterpret_cast<const int2*>(ws + s * kWsSlotBytes + 16);
+      const int o = f.piece_off[s], c = f.piece_off[s + 1] - o;
+      for (int e = tid; e < c; e += kThreads) {
+        const int2 v = ent[e];
+        f.cz[o + e] = __int_as_float(v.x);
+        f.ci[o + e] = v.y;
+      }
+    }
+  }
+  __syncthreads();
+  return r;
+}
+
+// Mode 1: a piece's header and list to its workspace slot (an empty list when flagged).
+__device__ __forceinline__ void write_piece(const FastShared& f, unsigned char* slot, const PieceResult& r) {
+  const int tid = static_cast<int>(threadIdx.x);
+  int2* ent = reinterpret_cast<int2*>(slot + 16);
+  const int n = r.flags != 0 ? 0 : r.n;
+  for (int e = tid; e < n; e += kThreads) {  // fastattn-static-loop: ws-write
+    ent[e] = make_int2(__float_as_int(f.cz[e]), f.ci[e]);
+  }
+  if (tid == 0) {
+    int* hdr = reinterpret_cast<int*>(slot);
+    hdr[0] = n;
+    hdr[1] = r.flags;
+    hdr[2] = __float_as_int(r.mz);
+    hdr[3] = 0;
+  }
+}
+
 // mode 0: one CTA per row (grid-stride), everything. mode 1: CTA (row, piece) runs the fast path's steps 1-3
 // on its piece into the workspace. mode 2: one CTA per row merges its pieces and resolves (or runs the general
-// path for the rows the fast path does not take or could not finish).
+// path for the rows the fast path does not take or could not finish). One inlined copy of each step serves
+// every mode. (The "fastattn-static" comments name code for the static report's issue estimate.)
 template <typename T>
 __global__ void __launch_bounds__(kThreads) sampling_kernel(const SamplingParams p, float scale, int mode) {
   __shared__ SharedAll sh;
   constexpr int64_t CH = int64_t{kThreads} * kChunk<T>;
-  const int tid = static_cast<int>(threadIdx.x);
   const int64_t V = p.vocab;
   const int64_t nch = (V + CH - 1) / CH;
-  const int64_t S = mode == 0 ? 1 : p.splits;
-  const int64_t cps = (nch + S - 1) / S;
-  if (mode == 1) {
-    const int64_t row = blockIdx.x / S, piece = blockIdx.x % S;
-    const RowParams rp = load_row_params(p, row);
-    if (!fast_eligible(rp, V)) return;  // uniform: mode 2 runs the general path
-    const bool greedy = rp.t == 0.f;
-    const T* __restrict__ x = static_cast<const T*>(p.logits) + row * p.row_stride;
-    const int64_t ch0 = piece * cps < nch ? piece * cps : nch;
-    const int64_t ch1 = ch0 + cps < nch ? ch0 + cps : nch;
-    const PieceResult r = fast_piece<T>(sh.f, x, V, ch0, ch1, greedy, greedy ? 1.f : rp.t,
-                                        greedy ? 1 : rp.k, kWsCap);
-    unsigned char* slot = static_cast<unsigned char*>(p.workspace) + (row * S + piece) * kWsSlotBytes;
-    int* hdr = reinterpret_cast<int*>(slot);
-    int2* ent = reinterpret_cast<int2*>(slot + 16);
-    const int n = r.flags != 0 ? 0 : r.n;
-    for (int e = tid; e < n; e += kThreads) ent[e] = make_int2(__float_as_int(sh.f.cz[e]), sh.f.ci[e]);
-    if (tid == 0) {
-      hdr[0] = n;
-      hdr[1] = r.flags;
-      hdr[2] = __float_as_int(r.mz);
-      hdr[3] = 0;
-    }
-    return;
-  }
-  for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+  const int64_t S = mode == 0 ? 1 : p.splits;       // pieces of a row
+  const int64_t per = mode == 1 ? S : 1;            // CTAs of a row in this launch
+  const int64_t cps = mode == 1 ? (nch + S - 1) / S : nch;
+  for (int64_t item = blockIdx.x; item < p.rows * per; item += gridDim.x) {  // fastattn-static-loop: rows
+    const int64_t row = item / per, piece = item % per;
     __syncthreads();  // why: the previous row's last reads of shared memory are done
     const RowParams rp = load_row_params(p, row);
     bool done = false;
@@ -795,49 +839,24 @@ __global__ void __launch_bounds__(kThreads) sampling_kernel(const SamplingParams
       const bool greedy = rp.t == 0.f;
       const int64_t keff = greedy ? 1 : rp.k;
       const T* __restrict__ x = static_cast<const T*>(p.logits) + row * p.row_stride;
-      int n = 0, flags = 0;
-      float m = -INFINITY;
-      if (mode == 0) {
-        const PieceResult r = fast_piece<T>(sh.f, x, V, 0, nch, greedy, greedy ? 1.f : rp.t, keff, kCandCap);
-        n = r.n;
-        flags = r.flags;
-        m = r.mz;
+      unsigned char* ws = static_cast<unsigned char*>(p.workspace) + row * S * kWsSlotBytes;
+      PieceResult r;
+      if (mode != 2) {
+        const int64_t ch0 = piece * cps < nch ? piece * cps : nch;
+        const int64_t ch1 = ch0 + cps < nch ? ch0 + cps : nch;
+        const int cap = mode == 1 ? kWsCap : kCandCap;
+        r = fast_piece<T>(sh.f, x, V, ch0, ch1, greedy, greedy ? 1.f : rp.t, keff, cap);  // fastattn-static-site: piece
       } else {
-        const unsigned char* base = static_cast<const unsigned char*>(p.workspace) + row * S * kWsSlotBytes;
-        if (tid == 0) {
-          int off = 0, fl = 0;
-          float mz = -INFINITY;
-          for (int64_t s = 0; s < S; ++s) {
-            const int* hdr = reinterpret_cast<const int*>(base + s * kWsSlotBytes);
-            sh.f.piece_off[s] = off;
-            off += hdr[0];
-            fl |= hdr[1];
-            mz = fmaxf(mz, __int_as_float(hdr[2]));
-          }
-          sh.f.piece_off[S] = off;
-          sh.f.mflags = fl | (off > kMergeCap ? 4 : 0);
-          sh.f.mz = mz;
-        }
-        __syncthreads();
-        n = sh.f.piece_off[S];
-        flags = sh.f.mflags;
-        m = sh.f.mz;
-        if (flags == 0) {
-          for (int64_t s = 0; s < S; ++s) {
-            const int2* ent = reinterpret_cast<const int2*>(base + s * kWsSlotBytes + 16);
-            const int o = sh.f.piece_off[s], c = sh.f.piece_off[s + 1] - o;
-            for (int e = tid; e < c; e += kThreads) {
-              const int2 v = ent[e];
-              sh.f.cz[o + e] = __int_as_float(v.x);
-              sh.f.ci[o + e] = v.y;
-            }
-          }
-        }
-        __syncthreads();
+        r = merge_pieces(sh.f, ws, S);  // fastattn-static-site: merge
       }
-      if (flags == 0 && m != -INFINITY) done = fast_resolve<T>(sh.f, p, row, x, rp, greedy, keff, n, m, scale);
+      if (mode == 1) {
+        write_piece(sh.f, ws + piece * kWsSlotBytes, r);  // fastattn-static-site: ws
+        done = true;
+      } else if (r.flags == 0 && r.mz != -INFINITY) {
+        done = fast_resolve<T>(sh.f, p, row, x, rp, greedy, keff, r.n, r.mz, scale);  // fastattn-static-site: resolve
+      }
     }
-    if (!done) general_row<T>(sh.v1, p, row, rp, scale);
+    if (!done && mode != 1) general_row<T>(sh.v1, p, row, rp, scale);  // fastattn-static-site: general
   }
 }
 
@@ -854,7 +873,7 @@ cudaError_t sampling_launch(const SamplingParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.rows < kMaxGridX ? p.rows : kMaxGridX));
   if (p.splits > 1 && p.workspace != nullptr) {  // rows <= kSplitMaxRows: rows * splits CTAs fit the grid
     FASTATTN_LAUNCH((sampling_kernel<T>), dim3(static_cast<unsigned>(p.rows * p.splits)), kThreads, 0, stream, p,
-                    scale, 1);
+                    scale, 1);  // rows <= kSplitMaxRows, splits <= kMaxSplits
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     FASTATTN_LAUNCH((sampling_kernel<T>), grid, kThreads, 0, stream, p, scale, 2);
