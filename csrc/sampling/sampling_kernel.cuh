@@ -2,10 +2,20 @@
 //
 // Included only by instantiations/sampling_<dtype>.cu.
 //
-// Every filter keeps an upper set {z >= tau} of the row, so the kernel finds thresholds by radix selection on
-// order-preserving 32-bit keys of z (never sorting): three levels of 11, 11 and 10 bits, each one pass over the
-// row that histograms the digit of the elements sharing the prefix found so far (2048 shared-memory bins) and
-// counts what lies above the prefix; a walk of the bins from the top picks the digit.
+// Two paths in one kernel (runtime switches, one instantiation per dtype):
+// - the fast path (v2, see "the fast path" below) for greedy rows and rows with 1 <= top-k <= kFastK (with or
+//   without top-p / min-p): pass 1 keeps only per-lane running maxima, a bisection over them bounds the k-th
+//   largest, only the ~k lanes above the bound are re-read, and the ~k candidates are resolved pairwise in
+//   shared memory. Rows <= kSplitMaxRows are split over several CTAs (mode 1) and merged (mode 2).
+// - the general path (v1, general_row) for every other row and for the rows the fast path flags (NaN, +inf,
+//   all -inf, tie groups over its capacities): radix selection over the whole row, described here.
+// Both paths decide the kept set and draw with the same arithmetic, so a row's token does not depend on the
+// path, the split, or its batch position.
+//
+// General path: every filter keeps an upper set {z >= tau} of the row, so it finds thresholds by radix
+// selection on order-preserving 32-bit keys of z (never sorting): three levels of 11, 11 and 10 bits, each one
+// pass over the row that histograms the digit of the elements sharing the prefix found so far (2048
+// shared-memory bins) and counts what lies above the prefix; a walk of the bins from the top picks the digit.
 // - top-k (count criterion): the lowest non-empty bin b with count(above prefix) + count(bins above b) < k
 //   holds the k-th largest key; after the last level the prefix IS that key (tau_k), ties kept whole.
 // - top-p (mass criterion, restricted to keys >= tau_k): the lowest non-empty bin b whose mass strictly above
@@ -18,14 +28,15 @@
 // exactly from level to level (no restart path), and identical inputs give identical tokens. Elements with
 // e < 2^-s (about 1e-12 of the max) weigh 0: kept by the filter, never drawn.
 //
-// Grid: one CTA of kThreads = 512 threads per row (grid-stride over rows). Passes over the row (each reads
-// the row, coalesced, thread tid takes elements tid, tid + 512, ...):
+// General path grid: one CTA of kThreads = 512 threads per row. Passes over the row (each reads the row,
+// coalesced, thread tid takes elements tid, tid + 512, ...):
 //   pass 1: max z, first argmax, NaN / +inf flags, and the level-1 count histogram when top-k is on;
 //   top-k: 2 more passes; top-p: 3 passes; min-p / no filter: 1 mass pass when the kept mass is not known
 //   from the search; draw: inverse CDF in vocabulary order, 512 elements per step (a block scan of the
 //   fixed-point masses), stopping at the token (about half a pass).
 //   Filter mode replaces the draw by one pass writing z or -inf.
-// Shared memory: 2048 x (4 + 8) B histograms + reduction scratch (~24.7 KB static).
+// Shared memory: the general path's 2048 x (4 + 8) B histograms (~24.7 KB) in a union with the fast path's
+// lists (~42.5 KB static in all).
 // Randomness: u = (SplitMix64(SplitMix64(seed) ^ 0) >> 11) * 2^-53, exactly reference.uniform_from_seed;
 // the token is the first kept index whose inclusive prefix mass exceeds floor(u * W), W the kept mass.
 #pragma once
