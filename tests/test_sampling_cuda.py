@@ -354,3 +354,21 @@ def test_fast_path_fallback_on_ties():
                                reference.top_k_top_p_filter(x, **kw), f"B={b} {kw}")
             seeds = _seeds(b, 96)
             _check_tokens(x, fastattn.sample(x, seed=seeds, backend="cuda", **kw), seeds, kw, what=f"B={b} {kw}")
+
+
+@pytest.mark.parametrize("b", [1, 33], ids=["split", "unsplit"])
+def test_masked_rows_fast_path(b):
+    """-inf-masked rows (constrained decoding): fewer finite logits than k, a piece all -inf, a last piece of
+    fewer than k logits; filter and tokens as the reference's."""
+    v = 2048 * 4 + 37
+    x = _logits(b, v, seed=97, scale=2.0)
+    x[0] = -INF
+    x[0, torch.randperm(v, generator=_gen(98))[:30]] = torch.randn(30, generator=_gen(99)).to(DEV)
+    if b > 1:
+        x[1, :4096] = -INF
+        x[2, 100:v - 20] = -INF
+    for kw in (dict(top_k=50), dict(top_k=50, top_p=0.9), dict(top_k=10, min_p=0.2), dict(temperature=0.0)):
+        assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **kw),
+                           reference.top_k_top_p_filter(x, **kw), f"B={b} {kw}")
+        seeds = _seeds(b, 100)
+        _check_tokens(x, fastattn.sample(x, seed=seeds, backend="cuda", **kw), seeds, kw, what=f"B={b} {kw}")

@@ -612,6 +612,9 @@ __device__ PieceResult fast_piece(FastShared& f, const T* __restrict__ x, int64_
   LaneMax<T> lm;
   lm.init();
   pass1_lane_max<T>(x, V, ch0, ch1, lm);
+  // A lane's key, or 0 for a lane with no element in the piece or only -inf ones: such elements weigh 0 and
+  // are never drawn, and a -inf kept or removed reads -inf in the filter either way, so the list may leave
+  // them out (which keeps a piece of few elements, or a masked one, from listing every lane).
   uint32_t keys[N];
   float mz_t = -INFINITY;
   int fl_t = 0;
@@ -622,7 +625,8 @@ __device__ PieceResult fast_piece(FastShared& f, const T* __restrict__ x, int64_
     if (z != z) fl_t |= 1;
     if (z == INFINITY) fl_t |= 2;
     mz_t = fmaxf(mz_t, z);
-    keys[c] = key_of(z);
+    const bool real = ch0 < ch1 && ch0 * CH + tid * N + c < V;
+    keys[c] = real && z != -INFINITY ? key_of(z) : 0u;
   }
   PieceResult r;
   r.flags = static_cast<int>(block_reduce(static_cast<long long>(fl_t), f.red_l, OrL()));
@@ -637,7 +641,7 @@ __device__ PieceResult fast_piece(FastShared& f, const T* __restrict__ x, int64_
   __syncthreads();
 #pragma unroll
   for (int c = 0; c < N; ++c) {
-    if (keys[c] >= lz) {
+    if (keys[c] != 0u && keys[c] >= lz) {
       const int s = atomicAdd(&f.nlanes, 1);
       if (s < kLaneCap) f.lanes[s] = tid * N + c;
     }
@@ -658,7 +662,7 @@ __device__ PieceResult fast_piece(FastShared& f, const T* __restrict__ x, int64_
       const int64_t j = ch * CH + l;
       if (j < V) {
         const float z = load_z(x, j, greedy ? 1.f : tdiv);
-        if (key_of(z) >= lz) {
+        if (key_of(z) >= lz && z != -INFINITY) {
           const int s = atomicAdd(&f.ncand, 1);
           if (s < cap) {
             f.cz[s] = z;
@@ -674,8 +678,9 @@ __device__ PieceResult fast_piece(FastShared& f, const T* __restrict__ x, int64_
   return r;
 }
 
-// Step 4 on the list f.cz / f.ci (n >= keff entries holding the row's top-k set, m the row's max z). Writes the
-// token (or the filtered row) and returns true; false (nothing written) when the set exceeds kResCap.
+// Step 4 on the list f.cz / f.ci (every element of the row's top-k set but its -inf ones, m the row's finite
+// max z). Writes the token (or the filtered row) and returns true; false (nothing written) when the set
+// exceeds kResCap.
 template <typename T>
 __device__ bool fast_resolve(FastShared& f, const SamplingParams& p, int64_t row, const T* __restrict__ x,
                              const RowParams& rp, bool greedy, int64_t keff, int n, float m, float scale) {
