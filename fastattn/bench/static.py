@@ -969,7 +969,8 @@ def cuda_sampling_cases(full: bool) -> List[CudaCase]:
             else:
                 cps = -(-nch // splits)
                 l1 = dict(piece(cps, min(cps, nfull)), rows=1, **{"ws-write": 1})
-                l2 = {"rows": 1, "merge-headers": splits, "merge": splits, "resolve-rank": resolve, "resolve-draw": resolve}
+                l2 = {"rows": 1, "merge-headers": splits, "merge": splits, "resolve-rank": resolve,
+                      "resolve-draw": resolve}
                 launches = [CudaLaunch(f"{splits} pieces per row", b * splits, 16, l1, ("merge", "resolve")),
                             CudaLaunch("merge + resolve, one CTA per row", b, 16, l2, ("piece", "ws"))]
             headline = (b, v) in ((128, 131072), (1, 32768), (128, 32768))
@@ -992,19 +993,17 @@ def cuda_estimates(case: CudaCase, row: KernelRow, card: Card = H200) -> List[Es
     for la in case.launches:
         hot = []
         warp_instr = 0.0
-        counted = set()
         for name, spec in la.loops.items():
             copies = [(i, lp) for i, lp in enumerate(row.loops) if lp.py == name]
             if not copies:
                 hot.append((f"{name} (NOT FOUND in SASS)", 0, 0))
                 continue
             per = spec if isinstance(spec, list) else [spec] * len(copies)
-            for (i, lp), trips in zip(copies, per):
+            for (_, lp), trips in zip(copies, per):
                 n, warps = (trips if isinstance(trips, tuple) else (trips, la.warps))
                 own = lp.own - sum(lp.sites.get(x, 0) for x in case.skip_sites + la.skip_sites)
                 hot.append((f"{name}" + (f" ({warps} warps)" if warps != la.warps else ""), own, int(n)))
                 warp_instr += own * n * warps
-                counted.add(i)
         rest = row.outside_loops
         hot.append(("(outside loops, once)", rest, 1))
         warp_instr += rest * la.warps
