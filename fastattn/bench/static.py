@@ -960,7 +960,7 @@ def cuda_sampling_cases(full: bool) -> List[CudaCase]:
 
             def piece(chunks, full_chunks):
                 return {"pass1": full_chunks // 4, "pass1-rest": full_chunks % 4, "pass1-scalar": chunks - full_chunks,
-                        "bisection": 32, "gather-lanes": -(-lanes // 16),
+                        "bisection": 24, "gather-lanes": -(-lanes // 16),
                         "gather": -(-lanes // 16) * -(-chunks // 32)}
             if splits == 1:
                 loops = dict(piece(nch, nfull), rows=1)     # grid = rows: one row per CTA
@@ -1002,7 +1002,8 @@ def cuda_estimates(case: CudaCase, row: KernelRow, card: Card = H200) -> List[Es
             for (_, lp), trips in zip(copies, per):
                 n, warps = (trips if isinstance(trips, tuple) else (trips, la.warps))
                 own = lp.own - sum(lp.sites.get(x, 0) for x in case.skip_sites + la.skip_sites)
-                hot.append((f"{name}" + (f" ({warps} warps)" if warps != la.warps else ""), own, int(n)))
+                if own > 0 and n > 0:   # listed when it runs (a loop of a left-out site has nothing left)
+                    hot.append((f"{name}" + (f" ({warps} warps)" if warps != la.warps else ""), own, int(n)))
                 warp_instr += own * n * warps
         rest = row.outside_loops
         hot.append(("(outside loops, once)", rest, 1))
