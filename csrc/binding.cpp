@@ -262,6 +262,17 @@ SamplingParams sampling_params(const at::Tensor& logits, const std::optional<at:
   return p;
 }
 
+// The row split's scratch (sampling_splits / sampling_workspace_bytes in csrc/sampling/sampling.h), set in p;
+// an undefined tensor when the launch needs none. Kept alive by the caller until the launch is enqueued.
+at::Tensor sampling_workspace(const at::Tensor& logits, DType dtype, SamplingParams& p) {
+  p.splits = sampling_splits(p.rows, p.vocab, dtype);
+  const int64_t bytes = sampling_workspace_bytes(p.rows, p.vocab, dtype);
+  at::Tensor ws;
+  if (bytes > 0) ws = at::empty({bytes}, logits.options().dtype(at::kByte));
+  p.workspace = bytes > 0 ? ws.mutable_data_ptr() : nullptr;
+  return ws;
+}
+
 // sample_cuda(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, seeds, seed)
 //   -> int64 (B,) token ids (-1 for a NaN / non-finite row). seeds: int64 (B,) or None (then `seed` for all rows).
 at::Tensor sample_cuda(const at::Tensor& logits, const std::optional<at::Tensor>& temperature_t, double temperature,
@@ -283,6 +294,7 @@ at::Tensor sample_cuda(const at::Tensor& logits, const std::optional<at::Tensor>
   p.seed_val = seed;
   p.tokens = tokens.mutable_data_ptr<int64_t>();
   p.filtered = nullptr;
+  const at::Tensor ws = sampling_workspace(logits, dtype, p);
   check_cuda(sampling(p, dtype, current_stream(logits)), op);
   return tokens;
 }
@@ -304,6 +316,7 @@ at::Tensor top_k_top_p_filter_cuda(const at::Tensor& logits, const std::optional
   p.seed_val = 0;
   p.tokens = nullptr;
   p.filtered = out.mutable_data_ptr<float>();
+  const at::Tensor ws = sampling_workspace(logits, dtype, p);
   check_cuda(sampling(p, dtype, current_stream(logits)), op);
   return out;
 }

@@ -282,3 +282,98 @@ def test_torch_compile_fullgraph():
     z, tok = compiled(x, seeds)
     z_ref, tok_ref = f(x, seeds)
     assert torch.equal(z, z_ref) and torch.equal(tok, tok_ref)
+
+
+# ---- sampling v2: the fast path (greedy, top-k <= 128) and the row split over several CTAs -------------------
+# Rows <= 32 with at least 4 chunks of 512 x 16 bytes (fp32 8192, 16-bit 16384 logits) are split: one CTA per
+# piece of >= 2 chunks (<= 16 pieces), then one merging CTA per row (csrc/sampling/sampling.cu).
+SPLIT_CASES = [dict(top_k=50, top_p=0.9), dict(top_k=7, min_p=0.05, temperature=0.6), dict(temperature=0.0),
+               dict(top_k=128, top_p=0.99), dict(top_k=129, top_p=0.5), dict(top_k=1)]
+
+
+@pytest.mark.parametrize("dtype, v", [(torch.float32, 2048 * 5 + 37), (torch.bfloat16, 4096 * 9 + 5),
+                                      (torch.float16, 4096 * 4)], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("params", SPLIT_CASES, ids=_case_id)
+def test_split_rows_match_reference(params, dtype, v):
+    """B=2 rows split over 3-5 pieces (V not a multiple of the chunk for fp32/bf16; exactly 4 chunks for fp16)."""
+    x = _logits(2, v, seed=v % 97, scale=3.0, dtype=dtype)
+    params = {"temperature": 0.9, **params}
+    assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **params),
+                       reference.top_k_top_p_filter(x, **params), _case_id(params))
+    seeds = _seeds(2, v)
+    _check_tokens(x, fastattn.sample(x, seed=seeds, backend="cuda", **params), seeds, params, what=_case_id(params))
+
+
+def test_split_token_independent_of_batch_and_split():
+    """The same rows drawn split (B=3: several CTAs per row) and unsplit (inside B=40: one CTA per row), per-row
+    parameters taking the fast path, the general path and greedy: identical tokens."""
+    v = 2048 * 6 + 11
+    x = _logits(3, v, seed=80, scale=2.5)
+    params = dict(temperature=torch.tensor([0.8, 1.2, 0.0]), top_k=torch.tensor([40, 0, 5]),
+                  top_p=torch.tensor([0.9, 0.7, 1.0]), min_p=torch.tensor([0.0, 0.02, 0.0]))
+    seeds = _seeds(3, 81)
+    tok = fastattn.sample(x, seed=seeds, backend="cuda", **{k: t.to(DEV) for k, t in params.items()}).cpu()
+    filler = _logits(37, v, seed=82)
+    xb = torch.cat([filler[:20], x, filler[20:]])
+    pb = {k: torch.cat([t[:1].repeat(20), t, t[:1].repeat(17)]).to(DEV) for k, t in params.items()}
+    sb = torch.cat([_seeds(20, 83), seeds.cpu(), _seeds(17, 84)]).to(DEV)
+    tok_b = fastattn.sample(xb, seed=sb, backend="cuda", **pb).cpu()
+    assert tok_b[20:23].tolist() == tok.tolist()
+    _check_tokens(x, tok, seeds, params)
+
+
+def test_split_special_rows():
+    """Split rows: NaN -> -1 / all NaN; all -inf -> -1; +inf -> -1 / its +inf entries; one finite logit in the
+    last piece; greedy ties in different pieces -> the lowest index; a strided (misaligned) row."""
+    v = 2048 * 4 + 300
+    base = _logits(7, v + 3, seed=90, scale=2.0)
+    x = base[:, :v].clone()
+    x[0, 5000] = float("nan")
+    x[1] = -INF
+    x[2, [17, 8000]] = INF
+    x[3] = -INF
+    x[3, v - 2] = 1.5
+    x[4, [8300, 100, 4500]] = 20.0   # tied maxima in three pieces: greedy takes 100
+    xs = base[:, 3:v + 3]            # row starts 12 bytes past a 16-byte boundary: element-by-element pass 1
+    for kw in (dict(temperature=0.0), dict(temperature=0.8, top_k=20, top_p=0.9), dict(temperature=0.8, top_k=3)):
+        for xx in (x, xs):
+            assert_same_filter(fastattn.top_k_top_p_filter(xx, backend="cuda", **kw),
+                               reference.top_k_top_p_filter(xx, **kw), str(kw))
+            tok = fastattn.sample(xx, seed=11, backend="cuda", **kw).cpu()
+            ref = reference.sample(xx, seeds=torch.full((7,), 11, device=DEV), **kw).cpu()
+            assert tok.tolist() == ref.tolist(), f"{kw}: {tok.tolist()} vs {ref.tolist()}"
+        tok = fastattn.sample(x, seed=11, backend="cuda", **kw).cpu()
+        assert tok[:3].tolist() == [-1, -1, -1] and tok[3] == v - 2
+    assert fastattn.sample(x, temperature=0.0, seed=1, backend="cuda")[4] == 100
+
+
+def test_fast_path_fallback_on_ties():
+    """Rows the fast path cannot finish: wide tie groups at the bound (more candidate lanes or list entries than
+    its capacities) fall back to the general path, split (B=1) and not (B=33)."""
+    for b in (1, 33):
+        x = _logits(b, 2048 * 4 + 7, seed=95, scale=1.0, ties=True)  # ~1,600 logits tied at each half-step
+        x[0, :] = 0.25
+        x[0, 3000:4000] = 0.75       # 1000 tied maxima
+        for kw in (dict(top_k=50), dict(top_k=100, top_p=0.8), dict(temperature=0.0), dict(top_k=2, min_p=0.5)):
+            assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **kw),
+                               reference.top_k_top_p_filter(x, **kw), f"B={b} {kw}")
+            seeds = _seeds(b, 96)
+            _check_tokens(x, fastattn.sample(x, seed=seeds, backend="cuda", **kw), seeds, kw, what=f"B={b} {kw}")
+
+
+@pytest.mark.parametrize("b", [1, 33], ids=["split", "unsplit"])
+def test_masked_rows_fast_path(b):
+    """-inf-masked rows (constrained decoding): fewer finite logits than k, a piece all -inf, a last piece of
+    fewer than k logits; filter and tokens as the reference's."""
+    v = 2048 * 4 + 37
+    x = _logits(b, v, seed=97, scale=2.0)
+    x[0] = -INF
+    x[0, torch.randperm(v, generator=_gen(98))[:30]] = torch.randn(30, generator=_gen(99)).to(DEV)
+    if b > 1:
+        x[1, :4096] = -INF
+        x[2, 100:v - 20] = -INF
+    for kw in (dict(top_k=50), dict(top_k=50, top_p=0.9), dict(top_k=10, min_p=0.2), dict(temperature=0.0)):
+        assert_same_filter(fastattn.top_k_top_p_filter(x, backend="cuda", **kw),
+                           reference.top_k_top_p_filter(x, **kw), f"B={b} {kw}")
+        seeds = _seeds(b, 100)
+        _check_tokens(x, fastattn.sample(x, seed=seeds, backend="cuda", **kw), seeds, kw, what=f"B={b} {kw}")

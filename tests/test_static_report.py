@@ -221,6 +221,13 @@ def test_static_report_runs(tmp_path):
     est = [ln for ln in md.splitlines() if ln.startswith("| sample fp32 128×131072")]
     assert est and ("ISSUE-BOUND" in est[-1] or "memory-bound" in est[-1] or "near" in est[-1])
     assert "NOT FOUND" not in md  # every declared hot loop was found in the SASS
+    # CUDA sampling v2 (issue 11's budget): issue time at most half of 3x the read-once floor at 128 x 128k
+    for dt in ("fp32", "bf16"):
+        cu = [ln.split("|") for ln in md.splitlines() if ln.startswith(f"| CUDA sample {dt} 128×131072")]
+        assert len(cu) == 1, dt
+        issue, floor = float(cu[0][7].replace(",", "")), float(cu[0][8].replace(",", ""))
+        assert 0 < issue <= 1.5 * floor, (dt, issue, floor)
+    assert [ln for ln in md.splitlines() if ln.startswith("| CUDA sample fp32 1×32768") and "pieces per row" in ln]
     traffic = [ln for ln in md.splitlines() if ln.startswith("| softmax fwd fp32 4096×131072 | _softmax_fwd_online")]
     assert len(traffic) == 2 and "rows in flight" in traffic[-1]  # the estimate row and the DRAM traffic model
     assert (tmp_path / "report.json").is_file() and (tmp_path / "kernels.csv").is_file()
@@ -253,3 +260,54 @@ def test_missing_triton_degrades_with_a_message():
                        timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "triton cannot be imported" in r.stdout and "triton MISSING" in r.stdout
+
+
+def test_cuda_loop_and_site_markers(tmp_path):
+    """CUDA loops named from "fastattn-static-loop" comments through nvdisasm's inline chains; code under a
+    "fastattn-static-site" line or block counted by site (what an estimate leaves out)."""
+    src = tmp_path / "k.cuh"
+    src.write_text("\n".join([
+        "// 1",
+        "__global__ void k() {",                                      # 2
+        "  for (int r = 0; r < n; ++r) {  // fastattn-static-loop: rows",  # 3
+        "    step();",                                                # 4
+        "    if (bad) {  // fastattn-static-site: fallback",          # 5
+        "      slow();",                                              # 6
+        "    }",                                                      # 7
+        "  }",                                                        # 8
+        "}",                                                          # 9
+        "__device__ void step() {",                                   # 10
+        "  for (int i = 0; i < 4; ++i) acc += x[i];  // fastattn-static-loop: inner",  # 11
+        "}",                                                          # 12
+    ]) + "\n")
+    loops, sites = static._cuda_marks(str(src))
+    assert ("rows", 3, 8) in loops and ("inner", 11, 11) in loops
+    assert sites == {5: "fallback", 6: "fallback", 7: "fallback"}
+    f = str(src)
+    sass_text = f"""\t.section\t.text._Z1kv,"ax",@progbits
+\t//## File "{f}", line 2
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+\t//## File "{f}", line 4
+        /*0010*/                   IADD3 R4, R4, 0x1, RZ ;
+.L_x_1:
+\t//## File "{f}", line 11 inlined at "{f}", line 4
+\t//## File "{f}", line 4
+        /*0020*/                   FADD R2, R2, R3 ;
+        /*0030*/                   ISETP.GE.AND P1, PT, R2, R3, PT ;
+        /*0040*/               @P1 BRA `(.L_x_1) ;
+\t//## File "{f}", line 6 inlined at "{f}", line 6
+\t//## File "{f}", line 6
+        /*0050*/                   FMUL R5, R5, R5 ;
+        /*0060*/                   FMUL R6, R6, R6 ;
+\t//## File "{f}", line 3
+        /*0070*/                   ISETP.GE.AND P0, PT, R4, R7, PT ;
+        /*0080*/               @P0 BRA `(.L_x_0) ;
+        /*0090*/                   EXIT ;
+"""
+    fn = sass.parse_sass(sass_text)["_Z1kv"]
+    assert fn.instrs[2].chain == ((f, 11), (f, 4)) and fn.instrs[2].line == 4
+    named = {lp.py: lp for lp in static._name_cuda_loops(fn)}
+    assert set(named) == {"rows", "inner"}
+    assert named["inner"].own == 3 and named["inner"].sites == {}
+    assert named["rows"].sites == {"fallback": 2} and named["rows"].own == 5

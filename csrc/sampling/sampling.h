@@ -47,7 +47,16 @@ struct SamplingParams {
   int64_t seed_val;
   int64_t* tokens;   // sample: (rows,) int64 out; nullptr in filter mode
   float* filtered;   // filter: (rows, vocab) fp32 contiguous out; nullptr in sample mode
+  // Row split (sampling v2): sampling_splits(rows, vocab, dtype) CTAs per row for the fast path's first pass,
+  // with sampling_workspace_bytes(...) bytes of scratch (nullptr / 1: no split).
+  void* workspace;
+  int64_t splits;
 };
+
+// CTAs per row for the first pass (1: no split); a function of the shape only, never of the data.
+int64_t sampling_splits(int64_t rows, int64_t vocab, DType dtype);
+// Scratch the launch needs for that split (0 when sampling_splits(...) == 1).
+int64_t sampling_workspace_bytes(int64_t rows, int64_t vocab, DType dtype);
 
 // Launches on `stream`; cudaSuccess without a launch when rows == 0 or vocab == 0.
 cudaError_t sampling(const SamplingParams& params, DType dtype, cudaStream_t stream);

@@ -117,6 +117,9 @@ class Instr:
     line: Optional[int]
     target: Optional[str] = None   # branch target label
     predicated: bool = False
+    # nvdisasm -gi's whole location of inlined code, innermost first: ((file, line), (file of its call, line of
+    # the call), ...); file / line above are the last (outermost) of these
+    chain: Tuple[Tuple[str, int], ...] = ()
 
     @property
     def base(self) -> str:
@@ -174,6 +177,8 @@ def parse_sass(text: str) -> Dict[str, Function]:
     cur: Optional[Function] = None
     pending: List[str] = []
     file = line = None
+    chain: List[Tuple[str, int]] = []
+    in_loc = False  # the previous line was a location line: this one continues its chain
     for raw in text.splitlines():
         m = _FUNC.match(raw)
         if m:
@@ -185,7 +190,10 @@ def parse_sass(text: str) -> Dict[str, Function]:
         m = _LOC.search(raw)
         if m:
             file, line = m.group(1), int(m.group(2))
+            chain = (chain if in_loc else []) + [(file, line)]
+            in_loc = True
             continue
+        in_loc = False
         m = _LABEL.match(raw)
         if m:
             pending.append(m.group(1))
@@ -197,7 +205,8 @@ def parse_sass(text: str) -> Dict[str, Function]:
             body = _PRED.sub("", raw_body)
             op = body.split()[0] if body else ""
             t = _TARGET.search(body)
-            ins = Instr(addr, op, body, file, line, t.group(1) if t else None, predicated=body != raw_body)
+            ins = Instr(addr, op, body, file, line, t.group(1) if t else None, predicated=body != raw_body,
+                        chain=tuple(chain))
             cur.instrs.append(ins)
             for lab in pending:
                 cur.labels[lab] = addr

@@ -147,6 +147,8 @@ class LoopInfo:
     own: int                # not counting nested loops: what one iteration of this loop issues itself
     depth: int
     py: Optional[str] = None  # "function: loop header" of the Python loop it compiles (Triton), when known
+    # CUDA: own instructions inlined from a call line marked "fastattn-static-site: NAME", by NAME
+    sites: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -414,7 +416,7 @@ def compile_cuda(src: Path, arch: int, tools: Tools, cache: Cache, headers: str)
                         compile_s=dt, key=key)
         if fn is not None:
             row.mix = sass.instruction_mix(fn.instrs)
-            row.loops = [LoopInfo(lp.size, lp.own, lp.depth) for lp in fn.loops]
+            row.loops = _name_cuda_loops(fn)
             row.outside_loops = fn.outside_loops
         rows.append(row)
     if not rows:
@@ -425,6 +427,78 @@ def compile_cuda(src: Path, arch: int, tools: Tools, cache: Cache, headers: str)
 
 def parse_ptxas(log: str) -> Dict[str, dict]:
     return sass.parse_ptxas(log)
+
+
+# CUDA loops are named in the source: "fastattn-static-loop: NAME" in a comment on a loop's first line names
+# the loop (that line to the brace closing the block it opens; the line alone if it opens none). A line (or
+# the block it opens) carrying "fastattn-static-site: SITE" is a site: the instructions of that code, and of
+# functions inlined from a call there, count as SITE (the innermost site), so that an estimate can leave out
+# the code a case does not run (a fallback path, another mode) from any loop, the straight-line code included.
+_LOOP_MARK = re.compile(r"fastattn-static-loop:\s*([\w-]+)")
+_SITE_MARK = re.compile(r"fastattn-static-site:\s*([\w-]+)")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_marks(path: str) -> Tuple[Tuple[Tuple[str, int, int], ...], Dict[int, str]]:
+    """((name, first line, last line), ...) of the marked loops of a source file, and {line: site name}."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return (), {}
+    def block_end(i: int) -> int:
+        """Last line of the block the code of line i opens (i itself if it opens none)."""
+        if "{" not in lines[i - 1].split("//")[0]:
+            return i
+        depth, opened = 0, False
+        for j in range(i - 1, len(lines)):
+            for ch in lines[j].split("//")[0]:
+                if ch == "{":
+                    depth, opened = depth + 1, True
+                elif ch == "}":
+                    depth -= 1
+            if opened and depth <= 0:
+                return j + 1
+        return i
+
+    loops, regions = [], []
+    for i, text in enumerate(lines, start=1):
+        m = _SITE_MARK.search(text)
+        if m:
+            regions.append((m.group(1), i, block_end(i)))
+        m = _LOOP_MARK.search(text)
+        if m:
+            loops.append((m.group(1), i, block_end(i)))
+    sites: Dict[int, str] = {}
+    for name, lo, hi in sorted(regions, key=lambda r: r[1] - r[2]):   # widest first: inner regions win
+        for ln in range(lo, hi + 1):
+            sites[ln] = name
+    return tuple(loops), sites
+
+
+def _name_cuda_loops(fn: sass.Function) -> List[LoopInfo]:
+    """Each SASS loop, named after the innermost marked source loop most of its own instructions come from."""
+    out = []
+    for lp in fn.loops:
+        votes: Dict[str, int] = {}
+        sites: Dict[str, int] = {}
+        for ins in fn.in_loop(lp, own=True):
+            chain = ins.chain or ((ins.file, ins.line),)
+            site_of = [_cuda_marks(f)[1].get(ln) if f and ln is not None else None for f, ln in chain]
+            site = next((x for x in site_of if x), None)
+            if site:
+                sites[site] = sites.get(site, 0) + 1
+            for depth, (file, line) in enumerate(chain):   # the innermost location inside a marked loop
+                if not file or line is None:
+                    continue
+                inner = [mk for mk in _cuda_marks(file)[0] if mk[1] <= line <= mk[2]]
+                if not inner:
+                    continue
+                name = min(inner, key=lambda mk: mk[2] - mk[1])[0]
+                votes[name] = votes.get(name, 0) + 1
+                break
+        py = max(votes, key=votes.get) if votes else None
+        out.append(LoopInfo(lp.size, lp.own, lp.depth, py, sites))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -856,6 +930,114 @@ def attention_cases(full: bool) -> List[TritonCase]:
     return out
 
 
+# CUDA cases: one compiled kernel (its source file and short name) launched at a benchmark shape. Each launch
+# gives the CTAs, warps per CTA, and {loop name: trips per CTA (one number, or one per SASS copy in address
+# order)}; loops are named in the source (_name_cuda_loops); a trip count may be (trips, active warps) for a
+# loop only some warps run. Marked loops not listed, and straight-line code inlined from the call sites in
+# `skip_sites`, are not run in the case (0); every other instruction outside the listed loops runs once per CTA.
+CudaLoop = Union[int, List[int], Tuple[int, int]]
+
+
+@dataclass
+class CudaLaunch:
+    what: str
+    ctas: int
+    warps: int
+    loops: Dict[str, Union[CudaLoop, List[CudaLoop]]]
+    skip_sites: Tuple[str, ...] = ()    # sites this launch does not run (besides the case's)
+
+
+@dataclass
+class CudaCase:
+    name: str
+    section: str
+    source: str                 # csrc file, relative to the repository
+    kernel: str                 # short kernel name as in the report
+    launches: List[CudaLaunch]
+    floor_bytes: float
+    skip_sites: Tuple[str, ...] = ()
+    headline: bool = False
+
+
+def cuda_sampling_cases(full: bool) -> List[CudaCase]:
+    """csrc/sampling (v2) at top-k 50 + top-p 0.9 (sample, not filter): the fast path, no row falling back to
+    the general path (sites "general", "cut", "greedy", "filter" of csrc/sampling/sampling_kernel.cuh not run)."""
+    from . import sampling as bench
+    k = bench.TOP_K
+    names = {"fp32": ("float", 4), "bf16": ("__nv_bfloat16", 2)}
+    out = []
+    shapes = [(128, 131072), (1, 32768), (128, 32768)] + ([(b, v) for b, v in bench.SHAPES if (b, v) not in
+                                                           ((128, 131072), (1, 32768), (128, 32768))] if full else [])
+    for dt, (tname, esize) in names.items():
+        for b, v in shapes:
+            ch = 512 * (16 // esize)
+            nch, nfull = -(-v // ch), v // ch
+            lanes = k + 1                               # k lanes at the bound, ~1 collision (k^2 / 2 lanes)
+            splits = 1
+            if b <= 32 and nch >= 4:                    # sampling_splits (csrc/sampling/sampling.cu)
+                cps = max(2, -(-nch // 16))
+                splits = -(-nch // cps)
+            resolve = [(lanes // 4, -(-lanes // 32)), (lanes % 4, -(-lanes // 32))]   # x4-unrolled + remainder
+
+            def piece(chunks, full_chunks):
+                return {"pass1": full_chunks // 4, "pass1-rest": full_chunks % 4, "pass1-scalar": chunks - full_chunks,
+                        "bisection": 24, "gather-lanes": -(-lanes // 16),
+                        "gather": -(-lanes // 16) * -(-chunks // 32)}
+            if splits == 1:
+                loops = dict(piece(nch, nfull), rows=1)     # grid = rows: one row per CTA
+                loops.update({"resolve-rank": resolve, "resolve-draw": resolve})
+                launches = [CudaLaunch("one CTA per row", b, 16, loops, ("merge", "ws"))]
+            else:
+                cps = -(-nch // splits)
+                l1 = dict(piece(cps, min(cps, nfull)), rows=1, **{"ws-write": 1})
+                l2 = {"rows": 1, "merge-headers": splits, "merge": splits, "resolve-rank": resolve,
+                      "resolve-draw": resolve}
+                launches = [CudaLaunch(f"{splits} pieces per row", b * splits, 16, l1, ("merge", "resolve")),
+                            CudaLaunch("merge + resolve, one CTA per row", b, 16, l2, ("piece", "ws"))]
+            headline = (b, v) in ((128, 131072), (1, 32768), (128, 32768))
+            out.append(CudaCase(f"CUDA sample {dt} {b}×{v} top-k {k} top-p {bench.TOP_P}", "sampling",
+                                f"csrc/sampling/instantiations/sampling_{dt}.cu", f"sampling_kernel<{tname}>",
+                                launches, b * v * esize, skip_sites=("general", "cut", "greedy", "filter"),
+                                headline=headline))
+    return out
+
+
+def cuda_cases(full: bool) -> List[CudaCase]:
+    return cuda_sampling_cases(full)
+
+
+def cuda_estimates(case: CudaCase, row: KernelRow, card: Card = H200) -> List[Estimate]:
+    """Issue time of each launch of a CUDA case, as estimate() does for Triton (warp-instructions / (4 slots x
+    clock) per SM, CTAs per SM = ceil(CTAs / SMs))."""
+    out = []
+    floor_s = case.floor_bytes / (card.copy_tbps * 1e12)
+    for la in case.launches:
+        hot = []
+        warp_instr = 0.0
+        for name, spec in la.loops.items():
+            copies = [(i, lp) for i, lp in enumerate(row.loops) if lp.py == name]
+            if not copies:
+                hot.append((f"{name} (NOT FOUND in SASS)", 0, 0))
+                continue
+            per = spec if isinstance(spec, list) else [spec] * len(copies)
+            for (_, lp), trips in zip(copies, per):
+                n, warps = (trips if isinstance(trips, tuple) else (trips, la.warps))
+                own = lp.own - sum(lp.sites.get(x, 0) for x in case.skip_sites + la.skip_sites)
+                if own > 0 and n > 0:   # listed when it runs (a loop of a left-out site has nothing left)
+                    hot.append((f"{name}" + (f" ({warps} warps)" if warps != la.warps else ""), own, int(n)))
+                warp_instr += own * n * warps
+        rest = row.outside_loops
+        hot.append(("(outside loops, once)", rest, 1))
+        warp_instr += rest * la.warps
+        per_sm = -(-la.ctas // card.sms)
+        slots = min(card.sub_partitions, la.warps * max(1, min(per_sm, row.blocks_per_sm or 1)))
+        issue_s = warp_instr * per_sm / (slots * card.clock_ghz * 1e9)
+        out.append(Estimate(f"{case.name}: {la.what}", case.kernel, la.ctas, la.warps, hot,
+                            int(round(warp_instr / la.warps)), issue_s * 1e6, floor_s * 1e6,
+                            f"{case.floor_bytes / 1e6:.1f} MB at {card.copy_tbps} TB/s"))
+    return out
+
+
 def triton_cases(full: bool) -> List[TritonCase]:
     return sampling_cases(full) + softmax_cases(full) + attention_cases(full)
 
@@ -947,6 +1129,14 @@ def build(archs: Sequence[int] = (90, 80), *, full: bool = False, cuda: bool = T
                 empty = [r for r in rows if r.name == "(no kernels)"]
                 log(f"static: {_rel(src)} {ARCHS[arch]}: {len(rows) - len(empty)} kernel(s) "
                     f"{'(cached)' if rows and rows[0].cached else f'{rows[0].compile_s:.1f} s' if rows else ''}")
+        for case in cuda_cases(full):
+            row = next((r for r in rep.rows if r.kind == "cuda" and r.arch == "sm_90a" and r.source == case.source
+                        and r.name == case.kernel and not r.error), None)
+            if row is None:
+                if any(r.source == case.source for r in rep.rows):
+                    rep.failures.append(f"cuda case {case.name}: kernel {case.kernel} not found in {case.source}")
+                continue
+            rep.estimates += cuda_estimates(case, row)
         rep.cuda_s = time.monotonic() - t0
     if triton_ and tools.triton:
         t0 = time.monotonic()
