@@ -82,7 +82,7 @@ dim3 g_grid_dim;
 
 namespace {
 
-enum class State { kReady, kAtBarrier, kAtWarp, kDone };
+enum class State { kReady, kAtBarrier, kAtWarp, kAtGroup, kDone };
 enum class Schedule { kForward = 0, kReversed, kRandom, kWarpGreedy, kRotate };
 const char* const kScheduleNames[] = {"forward", "reversed", "random", "warp_greedy", "rotate"};
 
@@ -121,6 +121,13 @@ struct Warp {
   unsigned char* scratch = nullptr;
 };
 
+struct ThreadGroupWait {  // one group_sync_point in progress: threads [first, first + count) of the block
+  int first = 0, count = 0, arrived = 0;
+  const char* what = "";
+  const char* file = "";
+  int line = 0;
+};
+
 struct Run {  // the launch in progress
   const char* kernel = "";
   std::string kernel_storage;
@@ -133,6 +140,7 @@ struct Run {  // the launch in progress
   void* args = nullptr;
   std::vector<Thread> threads;
   std::vector<Warp> warps;
+  std::vector<ThreadGroupWait> group_waits;  // group_sync_point rendezvous in progress (disjoint ranges)
   int exited = 0;
   // the block barrier
   int bar_arrived = 0, bar_kind = 0, bar_acc = 0;
@@ -324,6 +332,10 @@ void thread_exit(Thread& t) {
     if (g.mask >> t.lane & 1u)
       failf("lane %d of warp %d exits while lanes %s wait for it at %s (%s:%d) with mask 0x%08x", t.lane, t.warp,
             lanes_of(g.arrived).c_str(), g.what, g.file, g.line, g.mask);
+  for (const ThreadGroupWait& gw : r.group_waits)
+    if (t.linear >= gw.first && t.linear < gw.first + gw.count)
+      failf("thread %d exits while %d of threads %d-%d wait for it at %s (%s:%d)", t.linear, gw.arrived, gw.first,
+            gw.first + gw.count - 1, gw.what, gw.file, gw.line);
   w.done |= 1u << t.lane;
   t.state = State::kDone;
   ++r.exited;
@@ -344,6 +356,12 @@ void thread_exit(Thread& t) {
                     lanes_of(g.mask & ~g.arrived).c_str());
       msg += buf;
     }
+  for (const ThreadGroupWait& gw : r.group_waits) {
+    char buf[512];
+    std::snprintf(buf, sizeof buf, "\n  threads %d-%d: %d of %d wait at %s (%s:%d)", gw.first, gw.first + gw.count - 1,
+                  gw.arrived, gw.count, gw.what, gw.file, gw.line);
+    msg += buf;
+  }
   g_thread = nullptr;
   failf("%s", msg.c_str());
 }
@@ -397,6 +415,7 @@ void run_block(Run& r, uint3 bidx) {
   }
   r.exited = 0;
   r.bar_arrived = 0;
+  r.group_waits.clear();
   for (int i = 0; i < n; ++i) {
     Thread& t = r.threads[i];
     t.state = State::kReady;
@@ -667,6 +686,46 @@ void* dynamic_shared() {
   return g_run->smem;
 }
 
+// A rendezvous of the threads [first, first + count) of the block (a warpgroup, a named barrier's threads):
+// strict like __syncthreads within the range (every thread of it must arrive at the same `what`).
+void group_sync_impl(int first, int count, const char* what, const char* file, int line) {
+  Thread& t = cur();
+  Run& r = *g_run;
+  if (first < 0 || count <= 0 || first + count > r.nthreads || first % 32 != 0 || count % 32 != 0)
+    failf("%s (%s:%d): threads %d-%d are not whole warps of this block of %d threads", what, file, line, first,
+          first + count - 1, r.nthreads);
+  if (t.linear < first || t.linear >= first + count)
+    failf("%s (%s:%d): the calling thread %d is not one of threads %d-%d", what, file, line, t.linear, first,
+          first + count - 1);
+  for (int i = first; i < first + count; ++i)
+    if (r.threads[i].state == State::kDone)
+      failf("%s (%s:%d): thread %d of threads %d-%d has exited; every one of them must arrive", what, file, line,
+            i, first, first + count - 1);
+  ThreadGroupWait* gw = nullptr;
+  for (ThreadGroupWait& h : r.group_waits) {
+    const bool overlap = first < h.first + h.count && h.first < first + count;
+    if (!overlap) continue;
+    if (h.first != first || h.count != count || std::strcmp(h.what, what) != 0 ||
+        (h.line != line || std::strcmp(h.file, file) != 0))
+      failf("threads %d-%d reached different rendezvous: %d of threads %d-%d wait at %s (%s:%d), thread %d "
+            "reached %s (%s:%d) for threads %d-%d",
+            first, first + count - 1, h.arrived, h.first, h.first + h.count - 1, h.what, h.file, h.line, t.linear,
+            what, file, line, first, first + count - 1);
+    gw = &h;
+    break;
+  }
+  if (gw == nullptr) {
+    r.group_waits.push_back(ThreadGroupWait{first, count, 0, what, file, line});
+    gw = &r.group_waits.back();
+  }
+  t.state = State::kAtGroup;
+  if (++gw->arrived == count) {
+    for (int i = first; i < first + count; ++i) r.threads[i].state = State::kReady;
+    r.group_waits.erase(r.group_waits.begin() + (gw - r.group_waits.data()));
+  }
+  to_scheduler(t, false);
+}
+
 void launch(const char* pretty_kernel, const char* file, int line, dim3 grid, dim3 block, size_t smem,
             Body body, void* args) {
   std::lock_guard<std::mutex> lock(g_launch_mutex);
@@ -755,6 +814,18 @@ void fail(const char* fmt, ...) {
   detail::vfail(fmt, ap);
 }
 const char* kernel_name() { return detail::g_run != nullptr ? detail::g_run->kernel : ""; }
+void group_sync_point(int first, int count, const char* what, const char* file, int line) {
+  detail::group_sync_impl(first, count, what, file, line);
+}
+int thread_linear_id() { return detail::cur().linear; }
+int block_thread_count() {
+  detail::cur();
+  return detail::g_run->nthreads;
+}
+size_t dynamic_shared_bytes() {
+  detail::cur();
+  return detail::g_run->smem_bytes;
+}
 
 }  // namespace fastattn_emu
 
