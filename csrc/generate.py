@@ -20,6 +20,7 @@ DTYPES = {"fp32": "float", "fp16": "__half", "bf16": "__nv_bfloat16"}
 MMA_DTYPES = {"fp16": "__half", "bf16": "__nv_bfloat16"}  # tensor-core kernels (attention)
 ATTN_HEAD_DIMS = (32, 64, 96, 128, 256)  # keep in sync with csrc/attention/attn_fwd.cu
 ATTN_BWD_HEAD_DIMS = (32, 64, 96, 128)  # keep in sync with csrc/attention/attn_bwd.cu
+ATTN_SM90_HEAD_DIMS = (64, 128)  # keep in sync with csrc/attention/attn_fwd_sm90.cu
 
 # Each family: the folder its files go to, the template header, and one instantiation per variant.
 # To add e.g. attention forward per head dim x dtype:
@@ -67,6 +68,14 @@ FAMILIES = [
         "line": "template cudaError_t attn_decode_launch<{T}, {D}>(const AttnDecodeParams&, cudaStream_t);",
         "variants": [{"stem": f"attn_decode_hdim{d}_{k}", "T": MMA_DTYPES[k], "D": d}
                      for d in ATTN_HEAD_DIMS for k in MMA_DTYPES],
+    },
+    # ---- Hopper forward (branch cuda-hopper): sm_90a only, D 64 and 128 ----
+    {
+        "dir": "attention/instantiations",
+        "header": "attention/attn_fwd_sm90_kernel.cuh",
+        "line": "template cudaError_t attn_fwd_sm90_launch<{T}, {D}>(const AttnFwdParams&, cudaStream_t);",
+        "variants": [{"stem": f"attn_fwd_sm90_hdim{d}_{k}", "T": MMA_DTYPES[k], "D": d}
+                     for d in ATTN_SM90_HEAD_DIMS for k in MMA_DTYPES],
     },
 ]
 

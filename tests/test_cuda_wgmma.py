@@ -158,11 +158,13 @@ def schedule():
 @pytest.mark.cuda_kernel
 @emulation_only
 def test_wrong_swizzle_is_caught():
-    a = rand((64, 32), torch.float16, 41)
-    b = rand((32, 64), torch.float16, 42)
-    for b_mode in (K128, MN128, K64, MN32):
+    """B stored with the 128-byte swizzle, read through a descriptor without it (the reads stay inside B's
+    shared memory for this K-major B): a wrong product."""
+    for k in (16, 32, 64):
+        a = rand((64, k), torch.float16, 41 + k)
+        b = rand((k, 64), torch.float16, 42 + k)
         with pytest.raises(AssertionError):
-            check(run(a, b, None, 1, K128, b_mode, WRONG_SWIZZLE), a, b, None, "planted wrong swizzle")
+            check(run(a, b, None, 1, K128, K128, WRONG_SWIZZLE), a, b, None, "planted wrong swizzle")
 
 
 @pytest.mark.cuda_kernel
@@ -184,13 +186,13 @@ def test_shared_operand_overwritten_before_wait_is_caught():
         check(run(a, b, None, 1, K128, MN128, OVERWRITE_EARLY), a, b, None, "planted early overwrite")
 
 
-def _run_planted(planted: int):
+def _run_planted(planted: int, b_mode: int = K128, k: int = 16):
     code = textwrap.dedent(f"""
         import torch
         from fastattn import _cuda
         assert _cuda.status() is True, _cuda.status()
-        a = torch.randn(64, 16).half(); b = torch.randn(16, 64).half()
-        torch.ops.fastattn._test_wgmma_cuda(a, b, None, 1, {K128}, {K128}, {planted})
+        a = torch.randn(64, {k}).half(); b = torch.randn({k}, 64).half()
+        torch.ops.fastattn._test_wgmma_cuda(a, b, None, 1, {K128}, {b_mode}, {planted})
         print("returned", flush=True)
     """)
     return run_ctypes_script(code, asan=False, timeout=600)
@@ -201,6 +203,15 @@ def _run_planted(planted: int):
 def test_missing_fence_aborts():
     run_ = _run_planted(MISSING_FENCE)
     assert_aborted(run_, "wgmma_test_kernel", "wgmma.mma_async", "with no wgmma.fence", "wgmma_test.cu:")
+
+
+@pytest.mark.cuda_kernel
+@emulation_only
+def test_wrong_swizzle_reading_outside_shared_memory_aborts():
+    """The same planted bug on an N-major B of k = 32: the unswizzled reading leaves B's buffer; the emulation stops
+    with the element and address rather than read past the dynamic shared memory."""
+    run_ = _run_planted(WRONG_SWIZZLE, MN128, 32)
+    assert_aborted(run_, "wgmma_test_kernel", "wgmma.mma_async", "is outside the dynamic shared memory")
 
 
 @pytest.mark.cuda_kernel
