@@ -1,3 +1,4 @@
+// fastattn-static: no-matmul (the probe kernel only; the wgmma kernel is in the instantiations)
 // Hopper attention forward: the flag, the device check and the (dtype, head dim) dispatch to the explicit
 // instantiations in instantiations/attn_fwd_sm90_hdim<D>_<dtype>.cu.
 #include <atomic>

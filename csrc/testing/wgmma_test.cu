@@ -1,3 +1,4 @@
+// fastattn-static: sm90a-only (wgmma; a trap stub in the sm_80 pass, never launched there)
 // Test kernel of the warpgroup MMA primitives; interface and modes in wgmma_test.h. One CTA of 1 or 2
 // warpgroups: every thread stores elements of A and B into shared memory at the byte positions of the chosen
 // layout (written out here from the PTX ISA's canonical layouts, independently of the descriptor decoding in
