@@ -6,23 +6,26 @@
 //   Grid (ceil(Sq / 128), Hq, B); 256 threads = 2 warpgroups; warpgroup w owns query rows m0 + 64 w .. + 64 of
 //   the CTA's 128-row tile, and within it warp v rows 16 v .. + 16 (the wgmma accumulator layout). Query head h
 //   reads KV head h / (Hq / Hkv).
-//   Shared memory (dynamic, aligned up to 1024 bytes): Q (128 x D), then two stages of K (BN x D) and of V
+//   Shared memory (dynamic, aligned up to 1024 bytes): Q (128 x D), then three stages of K (BN x D) and of V
 //   (BN x D); BN = 128 for D = 64, 64 for D = 128. Every tile is stored in panels of 64 columns (128 bytes a
 //   row), panel p at p * rows * 128 bytes, row r at r * 128 in it, its 16-byte chunk c at (c ^ r % 8) * 16:
 //   the 128-byte swizzle of the wgmma canonical layouts, so that Q and K are K-major operands (descriptor SBO
 //   1024 between 8-row groups, k steps of 32 bytes inside a row, a new panel every 4 steps) and V an N-major
 //   one (LBO = BN * 128 between d panels, SBO = 1024 between 8-key groups, 2048 bytes per k step).
-//   Pipeline (v1: no warp specialisation, no TMA): every thread issues cp.async for Q and key block 0, then in
-//   iteration n the copies of block n + 1 into the other stage; wait_group<1>, fence.proxy.async and
-//   __syncthreads make block n visible to wgmma; a __syncthreads at the end frees the stage.
-//   Per key block and warpgroup: S (64 x BN) = Q K^T by D / 16 chained wgmma.m64n{BN}k16 (Q and K from shared
-//   memory), wait; the online softmax on the accumulator fragments (thread rows g and g + 8 of its warp, the
-//   4 lanes of a quad sharing a row, as with mma.sync); O (64 x D) is rescaled, then O += P V by BN / 16
-//   wgmma.m64n{D}k16 with P from registers (the accumulators of keys 16 s .. 16 s + 15 packed into the A
-//   fragment) and V N-major from shared memory; wait.
+//   Pipeline (no warp specialisation, no TMA): every thread issues cp.async for Q and key block 0; iteration n
+//   waits for block n (wait_group<0>, fence.proxy.async, __syncthreads: this barrier also tells that both
+//   warpgroups are done with block n - 2), then issues the copies of block n + 1 into the stage of block n - 2.
+//   Per key block and warpgroup: S_n (64 x BN) = Q K_n^T by D / 16 chained wgmma.m64n{BN}k16 (Q and K from
+//   shared memory) and, in the same window, O += P_{n-1} V_{n-1} by BN / 16 wgmma.m64n{D}k16 with P from
+//   registers (the accumulators of keys 16 s .. 16 s + 15 packed into the A fragment) and V N-major from
+//   shared memory; wait_group<1> lets S_n land while P V runs on, the online softmax of block n runs on the
+//   accumulator fragments (thread rows g and g + 8 of its warp, the 4 lanes of a quad sharing a row, as with
+//   mma.sync), then wait_group<0>, O rescaled by exp2(m_{n-1} - m_n), P_n packed. After the loop, the last
+//   P V. (FA3's intra-warpgroup overlap; no ping-pong between the warpgroups.)
 //   Scores in log2 units (scale * log2 e folded in); only blocks crossing the causal diagonal or Sk are
-//   masked. Invariant and epilogue as attn_fwd_kernel: after block n, o = sum exp2(s2_j - m) v_j, l = sum
-//   exp2(s2_j - m) over the keys of blocks 0..n; out = o / l (0 when l == 0), lse = (m + log2 l) ln 2
+//   masked. Invariant: after iteration n, o = sum exp2(s2_j - m) v_j over the keys of blocks 0..n-1 (block
+//   n's P is in registers), l = sum exp2(s2_j - m) over blocks 0..n, m their maximum. Epilogue as
+//   attn_fwd_kernel: out = o / l (0 when l == 0), lse = (m + log2 l) ln 2
 //   (-inf when l == 0).
 //   Global reads: q once; k, v once per (128-row query tile, head). Writes: out and lse once. Rows past Sq
 //   are computed on zero-filled Q rows and never written; keys past Sk are zero-filled and masked.
@@ -54,7 +57,8 @@ struct AttnFwdSm90Config {
   static constexpr int kBlockM = 64 * kWarpgroups;   // query rows per CTA
   static constexpr int kBlockN = D == 64 ? 128 : 64;  // keys per block
   static constexpr int kThreads = 128 * kWarpgroups;
-  static constexpr size_t kSmemBytes = 1024 + static_cast<size_t>(kBlockM + 4 * kBlockN) * D * 2;
+  static constexpr int kStages = 3;                   // K/V stages: block n + 1 loading, n in S, n - 1 in P V
+  static constexpr size_t kSmemBytes = 1024 + static_cast<size_t>(kBlockM + 2 * kStages * kBlockN) * D * 2;
 };
 
 namespace attn90 {
@@ -98,8 +102,10 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads) attn_fwd_sm90_
   FASTATTN_DYNAMIC_SHARED(unsigned char, smem_raw);
   unsigned char* const sQ = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
-  unsigned char* const sK = sQ + BM * D * 2;  // 2 stages of BN x D
-  unsigned char* const sV = sK + 2 * BN * D * 2;
+  constexpr int kStages = Cfg::kStages;
+  constexpr int kStageBytes = BN * D * 2;
+  unsigned char* const sK = sQ + BM * D * 2;  // kStages stages of BN x D
+  unsigned char* const sV = sK + kStages * kStageBytes;
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -149,29 +155,40 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads) attn_fwd_sm90_
   const int64_t r_lo = m0 + wg * 64 + warp * 16 + g;
   const int64_t rows[2] = {r_lo, r_lo + 8};
 
-  for (int nb = 0; nb < n_blocks; ++nb) {
-    const int stage = nb & 1;
-    if (nb + 1 < n_blocks) load_kv(stage ^ 1, nb + 1);
-    cp_async_commit_group();   // (empty after the last block: the wait count stays uniform)
-    cp_async_wait_group<1>();  // Q and key block nb have landed
-    fence_proxy_async_shared();
-    __syncthreads();
-    const int64_t n0 = static_cast<int64_t>(nb) * BN;
-
-    float s[BN / 2];  // (64 x BN) scores of the warpgroup
-    wgmma_fence();
+  // S of block nb and P V of block nb - 1 are in flight together; the softmax of block nb runs while P V of
+  // block nb - 1 computes, and O is rescaled once that has landed.
+  uint32_t pa[KS][4];  // P of the previous block as A fragments (keys 16 ks .. 16 ks + 15 in step ks)
+  auto issue_pv = [&](int stage) {
 #pragma unroll
-    for (int kk = 0; kk < KD; ++kk) {
-      // k step kk: panel kk / 4 of the tile, 32 bytes a step inside its 128-byte rows
-      wgmma_ss<T, BN, false>(s, wgmma_desc_advance(q_desc, (kk >> 2) * BM * 128 + (kk & 3) * 32),
-                             wgmma_desc_advance(k_desc, stage * BN * D * 2 + (kk >> 2) * BN * 128 + (kk & 3) * 32),
-                             kk > 0 ? 1 : 0);
-    }
+    for (int ks = 0; ks < KS; ++ks)
+      wgmma_rs<T, D, true>(o, pa[ks], wgmma_desc_advance(v_desc, stage * kStageBytes + ks * 16 * 128), 1);
     wgmma_commit_group();
-    wgmma_wait_group<0>();
-    wgmma_fence_operands(s);
-
-    // Scores in log2 units, masked where the block crosses Sk or the causal diagonal.
+  };
+  // Block nb: wait for its copies, issue those of block nb + 1 (into the stage of block nb - 2).
+  auto next_block = [&](int nb) {
+    cp_async_wait_group<0>();  // Q and key block nb have landed (block nb + 1 is not issued yet)
+    fence_proxy_async_shared();
+    // Block nb visible to every thread; both warpgroups are done with block nb - 2 (its P V was waited for in the
+    // previous iteration), so its stage can be refilled with block nb + 1.
+    __syncthreads();
+    if (nb + 1 < n_blocks) load_kv((nb + 1) % kStages, nb + 1);
+    cp_async_commit_group();
+  };
+  float s[BN / 2];  // (64 x BN) scores of the warpgroup
+  auto issue_s = [&](int nb) {
+    const int stage = nb % kStages;
+#pragma unroll
+    for (int kk = 0; kk < KD; ++kk)  // k step kk: panel kk / 4 of the tiles, 32 bytes a step in a 128-byte row
+      wgmma_ss<T, BN, false>(s, wgmma_desc_advance(q_desc, (kk >> 2) * BM * 128 + (kk & 3) * 32),
+                             wgmma_desc_advance(k_desc, stage * kStageBytes + (kk >> 2) * BN * 128 + (kk & 3) * 32),
+                             kk > 0 ? 1 : 0);
+    wgmma_commit_group();
+  };
+  // Scores of block nb (landed) to P, with the running max and sums updated; returns nothing, leaves the
+  // rescale factors in alpha.
+  float alpha[2];
+  auto softmax = [&](int nb) {
+    const int64_t n0 = static_cast<int64_t>(nb) * BN;
     const bool needs_mask = n0 + BN > sk || (p.causal && n0 + BN - 1 > m0 + diag);
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) {
@@ -183,12 +200,10 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads) attn_fwd_sm90_
       }
       s[i] = x;
     }
-
-    // Online softmax: new row maxima, rescale of the running sums and of O, P = exp2(s - m).
     float mx[2] = {row_max[0], row_max[1]};
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
-    float alpha[2], m_use[2];
+    float m_use[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[r] = attn::quad_max(mx[r]);
@@ -203,11 +218,9 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads) attn_fwd_sm90_
       s[i] = e;
       row_sum[(i >> 1) & 1] += e;
     }
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
-
-    // O += P V: the accumulators of keys 16 ks .. 16 ks + 15 (n tiles 2 ks, 2 ks + 1) are the A fragment of step ks.
-    uint32_t pa[KS][4];
+  };
+  // This block's P as the A fragments of the next P V: accumulators of n tiles 2 ks, 2 ks + 1 form step ks.
+  auto pack_p = [&] {
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
       pa[ks][0] = pack2<T>(s[8 * ks + 0], s[8 * ks + 1]);
@@ -215,15 +228,35 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads) attn_fwd_sm90_
       pa[ks][2] = pack2<T>(s[8 * ks + 4], s[8 * ks + 5]);
       pa[ks][3] = pack2<T>(s[8 * ks + 6], s[8 * ks + 7]);
     }
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < KS; ++ks)
-      wgmma_rs<T, D, true>(o, pa[ks], wgmma_desc_advance(v_desc, stage * BN * D * 2 + ks * 16 * 128), 1);
-    wgmma_commit_group();
-    wgmma_wait_group<0>();
+  };
+
+  // Block 0: S alone (O is still zero: no rescale, no P V).
+  next_block(0);
+  wgmma_fence();
+  issue_s(0);
+  wgmma_wait_group<0>();
+  wgmma_fence_operands(s);
+  softmax(0);
+  pack_p();
+  for (int nb = 1; nb < n_blocks; ++nb) {
+    next_block(nb);
+    wgmma_fence();  // s was read and pa, o written since the last wgmma
+    issue_s(nb);
+    issue_pv((nb - 1) % kStages);
+    wgmma_wait_group<1>();  // S of block nb has landed; P V of block nb - 1 may still run
+    wgmma_fence_operands(s);
+    softmax(nb);
+    wgmma_wait_group<0>();  // P V of block nb - 1 has landed: O is in registers again
     wgmma_fence_operands(o);
-    __syncthreads();  // both warpgroups are done with this stage before the next iteration's copies refill it
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+    pack_p();
   }
+  // P V of the last block.
+  wgmma_fence();
+  issue_pv((n_blocks - 1) % kStages);
+  wgmma_wait_group<0>();
+  wgmma_fence_operands(o);
 
   // Epilogue: normalise, write out (pairs of T) and lse.
   constexpr float kLn2 = 0.6931471805599453f;
