@@ -236,3 +236,14 @@ def test_bad_inputs_are_rejected():
         run(a, b, None, 1, K128, REGS)
     with pytest.raises(RuntimeError, match="warpgroups must be 1 or 2"):
         run(a, b, None, 3, K128, K128)
+
+
+def test_generated_wgmma_statements_are_current():
+    """csrc/common/wgmma_ops.inc is what csrc/common/wgmma_ops_gen.py writes (no kernel build involved)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    gen = Path(__file__).resolve().parents[1] / "csrc" / "common" / "wgmma_ops_gen.py"
+    run_ = subprocess.run([sys.executable, str(gen), "--check"], capture_output=True, text=True, timeout=60)
+    assert run_.returncode == 0, "csrc/common/wgmma_ops.inc is stale: run python csrc/common/wgmma_ops_gen.py"
