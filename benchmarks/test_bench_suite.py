@@ -32,13 +32,38 @@ def test_gpu_plans(mode):
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)), "case ids must be unique (pytest-benchmark compares by them)"
     sections = {c.section for c in cases}
-    assert {"attention_fwd", "attention_bwd", "decode", "mask_fwd", "mask_bwd", "softmax", "sampling"} <= sections
+    assert {"attention_fwd", "attention_bwd", "decode", "mask_fwd", "mask_bwd", "dropout_fwd", "dropout_bwd",
+            "softmax", "sampling"} <= sections
+    drop = [c for c in cases if c.section.startswith("dropout")]
+    assert {"fastattn-triton", "fastattn-triton no dropout", "fastattn-cuda no dropout"} <= {
+        p.name for p in drop[0].providers}
     attn = next(c for c in cases if c.section == "attention_fwd")
     names = {p.name for p in attn.providers}
     assert {"fastattn-triton", "fastattn-cuda", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math"} <= names
     for c in cases:
         if c.section.startswith("attention"):
             assert c.params["B"] * c.params["S"] == 16384 and c.params["H"] * c.params["D"] == 2048
+
+
+@pytest.mark.parametrize("passname", ["fwd", "bwd"])
+def test_dropout_check_sees_the_mask(passname):
+    """The dropout section's float64 check follows the (seed, offset) every provider's call draws: the torch
+    backend's output passes it, and the same output checked against another seed does not."""
+    import torch
+
+    case = next(c for c in runner.plan(Options(mode="quick", device="cpu", passes=[passname]), ["dropout"])[0])
+    inp = case.make_inputs(torch.device("cpu"))
+    prov = next(p for p in case.providers if p.name == "fastattn-torch")
+    out = prov.build(inp)()
+    err = case.check(inp, out)
+    assert err < 2e-2, err
+    p, seed, offset = inp["dropout"]
+    wrong = dict(inp, dropout=(p, seed + 1, offset))
+    wrong.pop("_ref")
+    assert case.check(wrong, out) > 0.1
+    again = prov.build(inp)()  # the fixed generator state: the same draw on every call
+    for a, b in zip(out if isinstance(out, tuple) else (out,), again if isinstance(again, tuple) else (again,)):
+        assert torch.equal(a, b)
 
 
 def test_filters():

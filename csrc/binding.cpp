@@ -37,6 +37,7 @@
 #include "softmax/softmax_bwd.h"
 // ---- end cudasmp ----
 #include "testing/primitives_test.h"
+#include "testing/cluster_test.h"  // cuda-cluster
 #include "testing/wgmma_test.h"
 
 namespace fastattn {
@@ -305,7 +306,14 @@ void check_attn_operand(const at::Tensor& t, const at::Tensor& q, const char* op
               "elements and a 16-byte aligned address, got strides ", t.strides(), "; call .contiguous() first");
 }
 
-// attn_fwd_cuda(q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D), bias?, key_padding_mask? (B, Sk) bool, causal, scale)
+// Attention dropout p in [0, 1) (0: none); seed and offset key its stream (common/dropout.h).
+void check_dropout_p(double dropout_p, const char* op) {
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fastattn::", op, ": dropout_p must be in [0, 1), got ",
+              dropout_p);
+}
+
+// attn_fwd_cuda(q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D), bias?, key_padding_mask? (B, Sk) bool, causal, scale,
+//               dropout_p, seed, offset)
 //   -> (out (B, Hq, Sq, D) contiguous in q's dtype, lse (B, Hq, Sq) float32)
 // bias: fp32/fp16/bf16, 4-D, broadcastable to (B, Hq, Sq, Sk) (read through expanded strides, 0 where broadcast).
 at::Tensor check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& q, const char* op,
@@ -326,8 +334,9 @@ at::Tensor check_bias(const std::optional<at::Tensor>& bias, const at::Tensor& q
 std::tuple<at::Tensor, at::Tensor> attn_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const std::optional<at::Tensor>& bias,
                                                  const std::optional<at::Tensor>& key_padding_mask, bool causal,
-                                                 double scale) {
+                                                 double scale, double dropout_p, int64_t seed, int64_t offset) {
   constexpr const char* op = "attn_fwd_cuda";
+  check_dropout_p(dropout_p, op);
   TORCH_CHECK(on_kernel_device(q), "fastattn::", op, ": q must be a ", kDeviceWord, " tensor, got device ",
               q.device());
   TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastattn::", op,
@@ -397,18 +406,21 @@ std::tuple<at::Tensor, at::Tensor> attn_fwd_cuda(const at::Tensor& q, const at::
   for (int i = 0; i < 3; ++i) p.lse_stride[i] = lse.stride(i);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   p.causal = causal;
+  p.dropout = make_attn_dropout(dropout_p, seed, offset);
   check_cuda(attn_fwd(p, to_dtype(q, op, "q"), static_cast<int>(d), current_stream(q)), op);
   return {out, lse};
 }
 
-// attn_bwd_cuda(dout, q, k, v, out, lse, bias?, key_padding_mask?, causal, scale, bias_requires_grad)
+// attn_bwd_cuda(dout, q, k, v, out, lse, bias?, key_padding_mask?, causal, scale, bias_requires_grad, dropout_p,
+//               seed, offset): the forward's dropout, its mask regenerated
 //   -> (dq (B, Hq, Sq, D), dk, dv (B, Hkv, Sk, D) contiguous in the inputs' dtype,
 //       dbias: fp32 (B, Hq, Sq, Sk) holding dS when bias_requires_grad (the caller sums broadcast dims), else (0,))
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_padding_mask,
-    bool causal, double scale, bool bias_requires_grad) {
+    bool causal, double scale, bool bias_requires_grad, double dropout_p, int64_t seed, int64_t offset) {
   constexpr const char* op = "attn_bwd_cuda";
+  check_dropout_p(dropout_p, op);
   TORCH_CHECK(on_kernel_device(q), "fastattn::", op, ": q must be a ", kDeviceWord, " tensor, got device ",
               q.device());
   TORCH_CHECK(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, "fastattn::", op,
@@ -495,13 +507,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_bwd_cuda(
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   p.causal = causal;
+  p.dropout = make_attn_dropout(dropout_p, seed, offset);
   check_cuda(attn_bwd(p, to_dtype(q, op, "q"), static_cast<int>(d), current_stream(q)), op);
   return {dq, dk, dv, dbias};
 }
 
 // attn_decode_cuda(q (B, Hq, D), k_cache, v_cache (B, Hkv, Smax, D), cache_seqlens int32 (B,), scale, num_splits)
 //   -> out (B, Hq, D) contiguous in q's dtype. Lengths are clamped to [0, Smax] in the kernel; num_splits (>= 1)
-//   is the caller's heuristic, rounded here to whole 32-key blocks per split.
+//   is the caller's heuristic, rounded here to whole key blocks per split (attn_decode_key_block: 64 keys, 32 at D = 256).
 at::Tensor attn_decode_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& cache_seqlens, double scale, int64_t num_splits) {
   constexpr const char* op = "attn_decode_cuda";
@@ -673,6 +686,27 @@ at::Tensor test_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t plan
   return c;
 }
 
+// ---- cuda-cluster ----
+// _test_cluster_reduce_cuda(x (rows, n) f32, cluster, mode) -> (rows, 1 + cluster) f32: [r, 0] the row sums
+// reduced through a cluster's distributed shared memory, [r, 1 + rank] 1000 * rank + nctarank
+// (csrc/testing/cluster_test.h; mode: 0 pull, 1 push, 2 planted missing barrier, 3 planted early exit).
+at::Tensor test_cluster_reduce_cuda(const at::Tensor& x, int64_t cluster, int64_t mode) {
+  constexpr const char* op = "_test_cluster_reduce_cuda";
+  TORCH_CHECK(x.dim() == 2, "fastattn::", op, ": x must be (rows, n), got shape ", x.sizes());
+  check_test_tensor(x, op, "x", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "fastattn::", op, ": x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(cluster >= 1 && cluster <= 16, "fastattn::", op, ": cluster must be in [1, 16], got ", cluster);
+  TORCH_CHECK(mode >= 0 && mode <= 3, "fastattn::", op, ": mode must be 0, 1, 2 or 3, got ", mode);
+  TORCH_CHECK(x.size(0) * cluster <= 65535 * 16, "fastattn::", op, ": too many rows (", x.size(0), ")");
+  const DeviceGuard guard(x.device());
+  at::Tensor out = at::empty({x.size(0), 1 + cluster}, x.options()).fill_(NAN);
+  check_cuda(testing::cluster_reduce_test(x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), x.size(0),
+                                          x.size(1), static_cast<int>(cluster), static_cast<int>(mode),
+                                          current_stream(x)),
+             op);
+  return out;
+}
+// ---- end cuda-cluster ----
 // _test_wgmma_cuda(a (64 W, k), b (k, n), c (64 W, n) f32 or None, warpgroups W, a_mode, b_mode, planted)
 // -> a @ b (+ c) (64 W, n) f32 by wgmma.m64nNk16 (csrc/testing/wgmma_test.h; sm_90 GPUs or the emulation).
 at::Tensor test_wgmma_cuda(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c,
@@ -718,10 +752,10 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
         "int top_k, Tensor? top_p_t, float top_p, Tensor? min_p_t, float min_p) -> Tensor");
   // ---- end cudasmp ----
   m.def("attn_fwd_cuda(Tensor q, Tensor k, Tensor v, Tensor? bias, Tensor? key_padding_mask, bool causal, "
-        "float scale) -> (Tensor, Tensor)");
+        "float scale, float dropout_p=0.0, int seed=0, int offset=0) -> (Tensor, Tensor)");
   m.def("attn_bwd_cuda(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? bias, "
-        "Tensor? key_padding_mask, bool causal, float scale, bool bias_requires_grad) -> (Tensor, Tensor, Tensor, "
-        "Tensor)");
+        "Tensor? key_padding_mask, bool causal, float scale, bool bias_requires_grad, float dropout_p=0.0, "
+        "int seed=0, int offset=0) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("attn_decode_cuda(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, float scale, "
         "int num_splits) -> Tensor");
   // Test kernels of the primitives (tests/test_cuda_primitives.py); no fake kernels, not for tracing.
@@ -729,6 +763,7 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.def("_test_ldmatrix_cuda(Tensor a, Tensor b, Tensor c, int a_mode, int b_mode) -> Tensor");
   m.def("_test_cp_async_cuda(Tensor src, int bytes, bool planted_missing_wait) -> Tensor");
   m.def("_test_gemm_cuda(Tensor a, Tensor b, int planted) -> Tensor");
+  m.def("_test_cluster_reduce_cuda(Tensor x, int cluster, int mode) -> Tensor");  // cuda-cluster
   m.def("_test_wgmma_cuda(Tensor a, Tensor b, Tensor? c, int warpgroups, int a_mode, int b_mode, int planted) -> Tensor");
 }
 
@@ -751,6 +786,7 @@ TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("_test_ldmatrix_cuda", &fastattn::test_ldmatrix_cuda);
   m.impl("_test_cp_async_cuda", &fastattn::test_cp_async_cuda);
   m.impl("_test_gemm_cuda", &fastattn::test_gemm_cuda);
+  m.impl("_test_cluster_reduce_cuda", &fastattn::test_cluster_reduce_cuda);  // cuda-cluster
   m.impl("_test_wgmma_cuda", &fastattn::test_wgmma_cuda);
 }
 

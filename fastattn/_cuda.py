@@ -14,9 +14,9 @@ fastattn/triton/attention's for attention:
     softmax_bwd(grad2d, y2d, inv_temperature, inv_temp) -> dx2d
     sample(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p, seeds) -> tokens
     top_k_top_p_filter(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p) -> z
-    attention_fwd(q, k, v, bias, key_padding_mask, causal, scale) -> (out, lse)
-    attention_bwd(dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad)
-        -> (dq, dk, dv, dbias or None)
+    attention_fwd(q, k, v, bias, key_padding_mask, causal, scale, dropout_p=0.0, seed=0, offset=0) -> (out, lse)
+    attention_bwd(dout, q, k, v, out, lse, bias, key_padding_mask, causal, scale, bias_requires_grad,
+                  dropout_p=0.0, seed=0, offset=0) -> (dq, dk, dv, dbias or None)
     decode_attention(q, k_cache, v_cache, cache_seqlens, scale) -> out
     unsupported_decode(q, k_cache, v_cache, cache_seqlens) -> None or a reason (metadata only)
     unsupported_attention(q, k, v, bias, key_padding_mask, causal, dropout_p=0.0) -> None or a reason (metadata only)
@@ -158,7 +158,8 @@ def _register_fakes() -> None:
     _register_fakes_cudasmp()
     @torch.library.register_fake("fastattn::attn_fwd_cuda")
     def _attn_fwd_cuda_fake(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
-                            key_padding_mask: Optional[Tensor], causal: bool, scale: float):
+                            key_padding_mask: Optional[Tensor], causal: bool, scale: float, dropout_p: float = 0.0,
+                            seed: int = 0, offset: int = 0):
         torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
                      lambda: "fastattn::attn_fwd_cuda: q, k and v must be 4-D (B, H, S, D)")
         torch._check(q.dtype in (torch.float16, torch.bfloat16),
@@ -170,7 +171,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("fastattn::attn_bwd_cuda")
     def _attn_bwd_cuda_fake(dout, q, k, v, out, lse, bias, key_padding_mask, causal: bool, scale: float,
-                            bias_requires_grad: bool):
+                            bias_requires_grad: bool, dropout_p: float = 0.0, seed: int = 0, offset: int = 0):
         torch._check(q.dtype in (torch.float16, torch.bfloat16),
                      lambda: f"fastattn::attn_bwd_cuda: q must be float16 or bfloat16, got {q.dtype}")
         torch._check(q.shape[-1] in ATTN_BWD_HEAD_DIMS,
@@ -317,9 +318,8 @@ def _unsupported_common(q: Tensor, tensors, d: int) -> Optional[str]:
 
 def unsupported_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
                           key_padding_mask: Optional[Tensor], causal: bool, dropout_p: float = 0.0) -> Optional[str]:
-    """None if the CUDA kernels run this attention call, else a short reason. Shapes, dtypes, devices only."""
-    if dropout_p:
-        return "attention dropout is not in the CUDA kernels yet (the Triton kernels have it)"
+    """None if the CUDA kernels run this attention call, else a short reason. Shapes, dtypes, devices only.
+    dropout_p: the kernels draw fastattn.reference.dropout_keep's stream themselves (any p in [0, 1))."""
     why = _unsupported_common(q, [t for t in (k, v, bias, key_padding_mask) if t is not None], q.shape[-1])
     if why is not None:
         return why
@@ -347,13 +347,15 @@ def _aligned(t: Tensor) -> Tensor:
 
 
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_padding_mask: Optional[Tensor],
-                  causal: bool, scale: float):
+                  causal: bool, scale: float, dropout_p: float = 0.0, seed: int = 0, offset: int = 0):
     """(out (B, Hq, Sq, D) in q's dtype, contiguous; lse (B, Hq, Sq) float32): csrc/attention/attn_fwd_kernel.cuh.
 
     q (B, Hq, Sq, D), k, v (B, Hkv, Sk, D), float16 / bfloat16, any strides: (B, S, H, D) views transposed to
     (B, H, S, D) are read in place; a tensor whose strides or address cp.async cannot read is copied first.
     bias: 4-D, broadcastable to (B, Hq, Sq, Sk), read through its expanded (stride 0) view; a float64 bias is
-    converted to float32. key_padding_mask: bool (B, Sk), True = real key.
+    converted to float32. key_padding_mask: bool (B, Sk), True = real key. dropout_p > 0: the probabilities
+    are dropped by the stream of (seed, offset) (fastattn.reference.dropout_keep, bit for bit) before P V and the
+    kept ones scaled by 1 / (1 - dropout_p); lse stays that of the undropped softmax.
     """
     if _status is not True:
         _require()
@@ -362,16 +364,19 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], key_p
         bias = bias.to(torch.float32)
     if key_padding_mask is not None and key_padding_mask.shape[-1] > 1 and key_padding_mask.stride(-1) != 1:
         key_padding_mask = key_padding_mask.contiguous()
-    return torch.ops.fastattn.attn_fwd_cuda(q, k, v, bias, key_padding_mask, bool(causal), float(scale))
+    return torch.ops.fastattn.attn_fwd_cuda(q, k, v, bias, key_padding_mask, bool(causal), float(scale),
+                                            float(dropout_p), int(seed), int(offset))
 
 
 def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, bias: Optional[Tensor],
-                  key_padding_mask: Optional[Tensor], causal: bool, scale: float, bias_requires_grad: bool):
+                  key_padding_mask: Optional[Tensor], causal: bool, scale: float, bias_requires_grad: bool,
+                  dropout_p: float = 0.0, seed: int = 0, offset: int = 0):
     """(dq, dk, dv, dbias or None): contiguous, in the inputs' shapes and dtype; dbias in bias's shape and dtype.
 
     csrc/attention/attn_bwd_kernel.cuh: delta = rowsum(dout * out), then a dK/dV kernel (key blocks, the GQA
     group looped inside) and a dQ kernel, P recomputed from lse; deterministic, no atomics. dbias: the dK/dV
     kernel writes dS into a float32 (B, Hq, Sq, Sk) buffer, summed here over bias's broadcast dims.
+    dropout_p, seed, offset: the forward's dropout; both kernels regenerate its mask (never stored).
     """
     if _status is not True:
         _require()
@@ -384,7 +389,8 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     if key_padding_mask is not None and key_padding_mask.shape[-1] > 1 and key_padding_mask.stride(-1) != 1:
         key_padding_mask = key_padding_mask.contiguous()
     dq, dk, dv, db = torch.ops.fastattn.attn_bwd_cuda(dout, q, k, v, out, lse.contiguous(), bias_k,
-                                                      key_padding_mask, bool(causal), float(scale), want_dbias)
+                                                      key_padding_mask, bool(causal), float(scale), want_dbias,
+                                                      float(dropout_p), int(seed), int(offset))
     dbias = None
     if want_dbias:
         dims = tuple(i for i, n in enumerate(bias.shape) if n == 1 and db.shape[i] != 1)
@@ -392,10 +398,14 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     return dq, dk, dv, dbias
 
 
-# Decode splits (flash-decoding): enough CTAs for ~2 waves of the chip, each split >= _MIN_SPLIT keys. The SM
-# count is asked once per device (cached), never per call. The emulated build pretends a 4-SM chip and allows
-# 32-key splits, so that the small tests take the split + combine path.
-_MIN_SPLIT, _MAX_SPLITS = 256, 128
+# Decode splits (flash-decoding): one wave of CTAs, about one per SM. A CTA (4 warps, a 3-6 stage cp.async
+# pipeline) keeps 40-72 KB of K/V in flight, above the ~32 KB per SM that Little's law asks for at an H200's
+# copy bandwidth and ~1 us loaded latency (benchmarks/NOTES.md, CUDA decode v2), so more CTAs than SMs would only
+# add partials to combine; when the batch x KV heads x 16-head tiles already reach the SM count, no split (and
+# no combine launch). Each split keeps >= _MIN_SPLIT keys. The SM count is asked once per device (cached),
+# never per call. The emulated build pretends a 4-SM chip and allows one-block splits, so that the small tests
+# take the split + combine path.
+_MIN_SPLIT, _MAX_SPLITS = 128, 128
 _EMU_SMS, _EMU_MIN_SPLIT = 4, 32
 _sm_counts: dict = {}
 
@@ -409,14 +419,13 @@ def _sm_count(device: torch.device) -> int:
 
 
 def decode_num_splits(b: int, hq: int, hkv: int, smax: int, device: torch.device) -> int:
-    """Key splits per (batch, KV head, 16-head tile): a host heuristic from the batch x heads and the SM count."""
+    """Key splits per (batch, KV head, 16-head tile): SMs // tiles (one wave), >= 1, each >= _MIN_SPLIT keys."""
     if _emu.emulated():
         sms, min_split = _EMU_SMS, _EMU_MIN_SPLIT
     else:
         sms, min_split = _sm_count(device), _MIN_SPLIT
     tiles = max(1, b * hkv * -(-(hq // max(hkv, 1)) // 16))
-    want = -(-2 * sms // tiles)
-    return max(1, min(want, -(-smax // min_split), _MAX_SPLITS))
+    return max(1, min(sms // tiles, -(-smax // min_split), _MAX_SPLITS))
 
 
 def unsupported_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, cache_seqlens: Tensor) -> Optional[str]:

@@ -70,12 +70,14 @@ def _probs(s: Tensor, lse: Tensor) -> Tensor:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: Optional[float] = None,
               bias: Optional[Tensor] = None, key_padding_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
-              seed: int = 0, offset: int = 0) -> Tuple[Tensor, Tensor]:
+              seed: int = 0, offset: int = 0, dropout_factor: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Returns (out in q's dtype, lse (B, Hq, Sq): float32, float64 for float64 inputs).
 
     lse is the log-sum-exp of the scaled, biased, masked scores; -inf for a row with no key to attend to,
     whose output is zeros. dropout_p > 0: the probabilities are dropped by dropout_keep(.., seed, offset), the
     stream the Triton kernels draw, and the kept ones scaled by 1 / (1 - dropout_p); lse is of the scores.
+    dropout_factor: the (B, Hq, Sq, Sk) factors themselves (0 or 1 / (1 - p)) instead of (seed, offset), for a
+    slice of a larger call whose (b * H + h, query) counters the slice's own indices would not give.
     """
     b, hq, sq, d = q.shape
     sk = k.shape[2]
@@ -86,7 +88,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
     s = _scores(qc, kc, scale, bias, mask)
     lse = torch.logsumexp(s, dim=-1)  # -inf where the row is fully masked
     p = _probs(s, lse)
-    if dropout_p > 0.0:
+    if dropout_factor is not None:
+        p = p * dropout_factor.to(cd)
+    elif dropout_p > 0.0:
         p = p * _dropout_scale(b, hq, sq, sk, dropout_p, seed, offset, q.device, cd)
     out = torch.matmul(p, vc)
     lse_out = lse if cd == torch.float64 else lse.float()
@@ -96,9 +100,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: O
 def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, *,
                        causal: bool, scale: Optional[float], bias: Optional[Tensor],
                        key_padding_mask: Optional[Tensor], bias_requires_grad: bool, dropout_p: float = 0.0,
-                       seed: int = 0, offset: int = 0) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+                       seed: int = 0, offset: int = 0, dropout_factor: Optional[Tensor] = None
+                       ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Gradients (dq, dk, dv, dbias) by recomputing P from the saved lse (the FlashAttention scheme), and the
-    dropout mask from (seed, offset).
+    dropout mask from (seed, offset) (or dropout_factor, as in attention).
 
     dbias is the gradient of the full (B, Hq, Sq, Sk) score bias, summed down to bias's own shape.
     """
@@ -113,7 +118,10 @@ def attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     if lse.dtype != cd:  # a float32 lse of float64 inputs: recompute it, keeping the gradients float64-exact
         lse = torch.logsumexp(s, dim=-1)
     p = _probs(s, lse.to(cd))                                    # (B, Hq, Sq, Sk)
-    z = _dropout_scale(b, hq, sq, sk, dropout_p, seed, offset, q.device, cd) if dropout_p > 0.0 else None
+    if dropout_factor is not None:
+        z = dropout_factor.to(cd)
+    else:
+        z = _dropout_scale(b, hq, sq, sk, dropout_p, seed, offset, q.device, cd) if dropout_p > 0.0 else None
     dv = torch.matmul((p if z is None else p * z).transpose(-1, -2), do)   # (B, Hq, Sk, Dv)
     dp = torch.matmul(do, vc.transpose(-1, -2))                  # (B, Hq, Sq, Sk), d loss / d (dropped P)
     if z is not None:
@@ -158,11 +166,19 @@ def dropout_keep(b: int, h: int, sq: int, sk: int, p: float, seed: int, offset: 
     (Salmon et al. 2011, the generator of triton.language.philox) keyed by the 64-bit seed, on the counter
     (key j, query i, b * H + h, offset), first output word r; kept iff r >= dropout_threshold(p). Bit for bit
     what the Triton kernels draw, so a test can compare a dropped-out result exactly."""
-    n = lambda size, view: torch.arange(size, device=device, dtype=torch.int64).view(view)  # noqa: E731
-    c0 = n(sk, (1, 1, 1, sk)).expand(b, h, sq, sk)
-    c1 = n(sq, (1, 1, sq, 1)).expand(b, h, sq, sk)
-    c2 = n(b * h, (b, h, 1, 1)).expand(b, h, sq, sk)
-    c3 = torch.full((b, h, sq, sk), offset & _M32, dtype=torch.int64, device=device)
+    bh = torch.arange(b * h, device=device, dtype=torch.int64).view(b, h)
+    return dropout_keep_at(bh, torch.arange(sq, device=device, dtype=torch.int64), sk, p, seed, offset)
+
+
+def dropout_keep_at(bh: Tensor, rows: Tensor, sk: int, p: float, seed: int, offset: int) -> Tensor:
+    """dropout_keep for some (batch, head) pairs and query rows only: bool (*bh.shape, len(rows), Sk), where
+    bh holds int64 values b * H + h and rows int64 query indices (a slice of a large call, as the benchmark
+    checks)."""
+    shape = tuple(bh.shape) + (rows.numel(), sk)
+    c0 = torch.arange(sk, device=bh.device, dtype=torch.int64).expand(shape)
+    c1 = rows.to(bh.device, torch.int64).view(-1, 1).expand(shape)
+    c2 = bh.to(torch.int64).view(tuple(bh.shape) + (1, 1)).expand(shape)
+    c3 = torch.full(shape, offset & _M32, dtype=torch.int64, device=bh.device)
     k0, k1 = seed & _M32, (seed >> 32) & _M32
     for _ in range(10):
         hi_b, lo_b = _mulhilo(0xCD9E8D57, c2)

@@ -16,6 +16,7 @@ import torch
 
 import fastattn
 from fastattn import _backend, _cuda, reference
+from fastattn.ops import attention as attn_ops
 from _utils import HAS_GPU, REL_TOL, assert_rel, lowp_attention, randn, rel_err
 
 pytestmark = pytest.mark.cuda_kernel
@@ -425,11 +426,54 @@ def test_decode_strided_nan_and_empty():
 
 def test_decode_num_splits_heuristic():
     dev = torch.device(DEV)
+    sms = _cuda._EMU_SMS if EMULATED else _cuda._sm_count(dev)
     assert _cuda.decode_num_splits(1, 8, 1, 8192, dev) > 1  # one KV head, one sequence: split over the keys
     assert _cuda.decode_num_splits(64, 32, 8, 8192, dev) == 1  # the batch fills the chip
     assert _cuda.decode_num_splits(1, 8, 1, 16, dev) == 1  # too few keys to split
+    for b, hq, hkv in [(1, 32, 8), (1, 8, 1), (2, 40, 2), (3, 4, 4)]:  # one wave: at most one CTA per SM
+        tiles = b * hkv * -(-(hq // hkv) // 16)
+        splits = _cuda.decode_num_splits(b, hq, hkv, 1 << 20, dev)
+        assert splits == max(1, min(sms // tiles, _cuda._MAX_SPLITS)), (b, hq, hkv, splits)
     assert "float32" in _cuda.unsupported_decode(torch.zeros(1, 2, 32), torch.zeros(1, 1, 4, 32),
                                                  torch.zeros(1, 1, 4, 32), torch.zeros(1, dtype=torch.int32))
+
+
+def _decode_block(d):
+    """Keys per pipeline block of the decode kernel (16 per key group, 4 key groups; 2 at D = 256)."""
+    return 32 if d == 256 else 64
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=DT_IDS.get)
+@pytest.mark.parametrize("d", [32, 64, 96, 128, 256])
+def test_decode_ragged_lengths_across_key_groups_and_splits(d, dtype):
+    """B > 1 ragged lengths against the block of 4 key groups x 16 keys: 0 and 1 key, fewer keys than one key
+    group / than the 4 groups (idle warps), one past and one short of a block, and a cache long enough that the
+    pipeline refills every stage (> stages + 1 blocks). Each split count puts split edges inside sequences and
+    leaves the short ones with empty splits (-inf partials). Checked per sequence against float64."""
+    blk = _decode_block(d)
+    stages = {32: 6, 64: 4, 96: 4, 128: 3, 256: 3}[d]
+    smax = (stages + 2) * blk + 9
+    lengths = [0, 1, 5, blk // 4 + 1, blk - 1, blk + 1, 2 * blk + 3, smax]
+    q, kc, vc, seqlens = _decode_inputs(len(lengths), 8, 2, smax, d, dtype, lengths, seed=d + len(lengths))
+    want = reference.decode_attention(q.double(), kc.double(), vc.double(), seqlens, scale=0.15)
+    for splits in (None, 1, 2, 3, 7):
+        got = _cuda.decode_attention(q, kc, vc, seqlens, 0.15, num_splits=splits)
+        assert got.shape == q.shape and got.dtype == dtype
+        assert (got[0] == 0).all(), f"splits={splits}: an empty sequence gives zeros"
+        for i in range(1, len(lengths)):
+            assert_rel(got[i], want[i], REL_TOL[dtype], f"splits={splits}, length {lengths[i]}")
+
+
+@pytest.mark.parametrize("d", [32, 128, 256])
+def test_decode_nan_query_head_with_splits(d):
+    """NaN in one query head reaches that head only, through the key-group merge and the split combine."""
+    q, kc, vc, seqlens = _decode_inputs(2, 8, 2, 200, d, torch.bfloat16, [200, 70], seed=d + 5)
+    q[0, 5, 3] = float("nan")
+    want = reference.decode_attention(q.double(), kc.double(), vc.double(), seqlens, scale=0.1)
+    for splits in (1, 3):
+        got = _cuda.decode_attention(q, kc, vc, seqlens, 0.1, num_splits=splits)
+        assert torch.isnan(got[0, 5]).all() and torch.isfinite(got[0, :5]).all() and torch.isfinite(got[1]).all()
+        assert_rel(got, want, REL_TOL[torch.bfloat16])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -476,6 +520,273 @@ def test_same_bits_under_every_schedule_and_landing():
     assert_rel(first[5], want, REL_TOL[torch.float16])
 
 
+@pytest.mark.skipif(not EMULATED, reason="thread orders and copy landing times are the emulation's settings")
+def test_decode_same_bits_under_every_schedule_and_landing():
+    """Decode with every pipeline stage refilled (> stages + 1 blocks per split) at D = 32 (6 stages) and
+    D = 128 (3 stages), ragged lengths, one and several splits: a missing wait or barrier (a stage refilled while
+    a warp still reads it, a block read before it lands, the key-group merge reading a warp's partial early)
+    would make some (schedule, landing) pair differ or fail the reference."""
+    import ctypes
+
+    from fastattn import _emu
+
+    lib = _emu.load_settings(_emu.build_extension())
+    lib.fastattn_emu_set_cp_async_landing.argtypes = [ctypes.c_char_p]
+    cases = [_decode_inputs(2, 8, 2, 8 * 64 + 5, 32, torch.float16, [8 * 64 + 5, 3 * 64 - 7], seed=71),
+             _decode_inputs(2, 4, 1, 5 * 64 + 3, 128, torch.bfloat16, [5 * 64 + 3, 64 + 1], seed=72)]
+    runs = {}
+    try:
+        for landing in ("at_wait", "at_issue"):
+            for sch in SCHEDULES:
+                assert lib.fastattn_emu_set_schedule(sch.encode()) == 0
+                assert lib.fastattn_emu_set_cp_async_landing(landing.encode()) == 0
+                runs[(landing, sch)] = [_cuda.decode_attention(q, kc, vc, lens, 0.2, num_splits=splits)
+                                        for q, kc, vc, lens in cases for splits in (1, 2)]
+    finally:
+        lib.fastattn_emu_set_schedule(b"rotate")
+        lib.fastattn_emu_set_cp_async_landing(b"at_wait")
+    first = runs[("at_wait", "forward")]
+    for key, got in runs.items():
+        for a, b in zip(got, first):
+            assert torch.equal(a, b), key
+    for i, (q, kc, vc, lens) in enumerate(cases):
+        want = reference.decode_attention(q.double(), kc.double(), vc.double(), lens, scale=0.2)
+        for j in range(2):
+            assert_rel(first[2 * i + j], want, REL_TOL[q.dtype])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention dropout: the kernels draw fastattn.reference.dropout_keep's stream (common/philox.cuh), the
+# backward regenerates it
+# ----------------------------------------------------------------------------------------------------------
+
+def _seed_of(call_seed):
+    """The (seed, offset) fastattn.attention draws after torch.manual_seed(call_seed)."""
+    torch.manual_seed(call_seed)
+    return attn_ops.dropout_seed()
+
+
+def _visible(b, hq, sq, sk, causal, kpm):
+    m = reference.attention_mask(sq, sk, causal, kpm, torch.device(DEV))
+    return torch.ones(b, hq, sq, sk, dtype=torch.bool) if m is None else m.expand(b, hq, sq, sk).cpu()
+
+
+def _lowp_dropout(q, k, v, *, causal, scale, bias, kpm, z):
+    """lowp_attention with the dropout factor z (B, Hq, Sq, Sk) applied to P in the input dtype: the baseline
+    error of the FlashAttention rule for a dropped-out call. Differentiable."""
+    hq = q.shape[1]
+    k = k.repeat_interleave(hq // k.shape[1], dim=1)
+    v = v.repeat_interleave(hq // v.shape[1], dim=1)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias.to(s.dtype)
+    mask = reference.attention_mask(q.shape[2], k.shape[2], causal, kpm, q.device)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    if mask is not None:
+        p = p.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+    return torch.matmul(p * z.to(p.dtype), v)
+
+
+def _run_dropout(b, hq, hkv, sq, sk, d, dtype, p, *, causal=False, scale=None, bias_shape=None, kpm=None,
+                 bshd=False, seed=0, call_seed=1234):
+    """fastattn.attention(backend="cuda", dropout_p=p) forward and backward after torch.manual_seed(call_seed)
+    against the float64 reference on the same (seed, offset): out within FlashAttention's rule (2x the error
+    of PyTorch's attention in the input dtype with the same mask), gradients 3x, lse that of the undropped
+    softmax. Returns (out, grads, seed, offset)."""
+    q, k, v = _inputs(b, hq, hkv, sq, sk, d, dtype, seed=seed, bshd=bshd)
+    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+    bias = None
+    if bias_shape is not None:
+        bias = randn(*bias_shape, dtype=dtype, device=DEV, seed=seed + 7, requires_grad=True)
+    scale_v = 1.0 / math.sqrt(d) if scale is None else scale
+    torch.manual_seed(call_seed)
+    out, lse = fastattn.attention(q, k, v, causal=causal, scale=scale, bias=bias, key_padding_mask=kpm,
+                                  dropout_p=p, return_lse=True, backend="cuda")
+    rseed, roff = _seed_of(call_seed)
+    dout = randn(b, hq, sq, d, dtype=dtype, device=DEV, seed=seed + 9)
+    leaves = [t for t in (q, k, v, bias) if t is not None]
+    got = torch.autograd.grad(out, leaves, dout)
+
+    r64 = [_f64(t) for t in leaves]
+    ref_out, ref_lse = reference.attention(*r64[:3], causal=causal, scale=scale_v,
+                                           bias=r64[3] if bias is not None else None, key_padding_mask=kpm,
+                                           dropout_p=p, seed=rseed, offset=roff)
+    want = torch.autograd.grad(ref_out, r64, dout.double())
+    z = reference._dropout_scale(b, hq, sq, sk, p, rseed, roff, torch.device(DEV), torch.float64)
+    lp = [t.detach().requires_grad_(True) for t in leaves]
+    lowp_out = _lowp_dropout(*lp[:3], causal=causal, scale=scale_v, bias=lp[3] if bias is not None else None,
+                             kpm=kpm, z=z)
+    lowp = torch.autograd.grad(lowp_out, lp, dout)
+
+    assert out.shape == (b, hq, sq, d) and out.dtype == dtype
+    assert_rel(out, ref_out, 2.0 * rel_err(lowp_out, ref_out) + REL_TOL[dtype] / 10, "out (dropout)")
+    # lse is of the undropped softmax: the reference's without dropout
+    _assert_lse(lse, _ref(q.detach(), k.detach(), v.detach(), causal=causal, scale=scale_v,
+                          bias=None if bias is None else bias.detach(), kpm=kpm)[1])
+    _assert_lse(lse, ref_lse)
+    for name, g, w, l in zip(("dq", "dk", "dv", "dbias"), got, want, lowp):
+        assert g.shape == w.shape and g.dtype == dtype, name
+        budget = 3.0 * rel_err(l, w) + REL_TOL[dtype] / 10
+        assert_rel(g, w, budget, f"{name} (dropout; 3x PyTorch {DT_IDS[dtype]} err {rel_err(l, w):.3g})")
+    # the mask matters: the same call without dropout, or with another mask, is far from this one
+    other = reference.attention(*r64[:3], causal=causal, scale=scale_v,
+                                bias=r64[3] if bias is not None else None, key_padding_mask=kpm,
+                                dropout_p=p, seed=rseed + 1, offset=roff)[0]
+    assert rel_err(out, other) > 5 * rel_err(out, ref_out), "another mask must give another result"
+    return out, got, rseed, roff
+
+
+# (B, Hq, Hkv, Sq, Sk, D, causal, dtype, p, bias_shape, kpm, bshd)
+DROPOUT_CASES = {
+    "gqa4:2-causal-sq17<sk70-d64-bias": (1, 4, 2, 17, 70, 64, True, torch.float16, 0.25, (1, 4, 17, 70), False,
+                                         False),
+    "mqa3:1-causal-sq75>sk29-d32-kpm": (2, 3, 1, 75, 29, 32, True, torch.bfloat16, 0.4, None, True, False),
+    "mha-sq66-sk150-d32-bshd": (1, 2, 2, 66, 150, 32, False, torch.float16, 0.1, None, False, True),
+    "gqa2:1-causal-sq19-sk41-d128": (1, 2, 1, 19, 41, 128, True, torch.bfloat16, 0.3, (1, 1, 19, 41), False,
+                                     False),
+    "mha-sq5-sk37-d96-bias-b,1,1,sk": (2, 2, 2, 5, 37, 96, False, torch.float16, 0.5, (2, 1, 1, 37), True, False),
+}
+
+
+@pytest.mark.parametrize("case", list(DROPOUT_CASES), ids=str)
+def test_dropout_equals_reference_on_the_same_stream(case):
+    """Output, lse and dq, dk, dv, dbias through the regenerated mask against the float64 reference drawing the
+    same stream: GQA/MQA, causal (rows that see no key included), key padding, bias, strided inputs, head dims
+    32 to 128 and sizes that are no multiple of any tile."""
+    b, hq, hkv, sq, sk, d, causal, dtype, p, bias_shape, has_kpm, bshd = DROPOUT_CASES[case]
+    kpm = None
+    if has_kpm:
+        kpm = torch.rand(b, sk, generator=torch.Generator().manual_seed(sq)) > 0.3
+        kpm[:, 0] = True
+        kpm = kpm.to(DEV)
+    _run_dropout(b, hq, hkv, sq, sk, d, dtype, p, causal=causal, bias_shape=bias_shape, kpm=kpm, bshd=bshd,
+                 seed=sq + sk)
+
+
+@pytest.mark.parametrize("d,sk,causal", [(64, 64, True), (32, 150, False)], ids=["d64-sk64-causal", "d32-sk150"])
+def test_dropout_mask_is_the_reference_stream_exactly(d, sk, causal):
+    """Which probabilities are dropped, bit for bit: with V the one-hot rows of keys [w, w + D) (zero elsewhere)
+    out[.., i, c] = P[i, w + c] z[i, w + c], zero exactly where the kernel dropped a probability (P > 0 for every
+    visible key here). Windows cover every key; the mask must equal reference.dropout_keep on every visible
+    entry, across query tiles (Sq = 70) and key blocks (Sk = 150)."""
+    b, hq, hkv, sq, p = 2, 2, 1, 70, 0.35
+    q, k, _ = _inputs(b, hq, hkv, sq, sk, d, torch.float16, seed=d + sk)
+    seed, offset = _seed_of(77)
+    keep = reference.dropout_keep(b, hq, sq, sk, p, seed, offset, torch.device(DEV))
+    vis = _visible(b, hq, sq, sk, causal, None)
+    got = torch.zeros(b, hq, sq, sk, dtype=torch.bool)
+    for w in range(0, sk, d):
+        n = min(d, sk - w)
+        v = torch.zeros(b, hkv, sk, d, dtype=torch.float16, device=DEV)
+        v[:, :, w:w + n, :n] = torch.eye(n, dtype=torch.float16, device=DEV)
+        torch.manual_seed(77)
+        out = fastattn.attention(q, k, v, causal=causal, scale=0.1, dropout_p=p, backend="cuda")
+        got[..., w:w + n] = (out[..., :n] != 0).cpu()
+        # kept entries are P / (1 - p): against the reference in float64
+        ref = reference.attention(q.double(), k.double(), v.double(), causal=causal, scale=0.1, dropout_p=p,
+                                  seed=seed, offset=offset)[0]
+        assert_rel(out, ref, REL_TOL[torch.float16], f"window {w}")
+    assert torch.equal(got & vis, keep.cpu() & vis), "the kernel's keep mask differs from reference.dropout_keep"
+    assert not got[~vis].any(), "a hidden key got weight"
+
+
+def test_dropout_keep_rate_within_binomial_bounds():
+    """The kernel's keep rate over 2 x 2 x 64 x 64 draws (from the one-hot V as above) within 6 sigma of
+    1 - p, per (batch, head) stream too."""
+    b, hq, sq, sk, d, p = 2, 2, 64, 64, 64, 0.3
+    q, k, _ = _inputs(b, hq, hq, sq, sk, d, torch.float16, seed=5)
+    v = torch.eye(sk, dtype=torch.float16, device=DEV).expand(b, hq, sk, d).contiguous()
+    torch.manual_seed(2024)
+    out = fastattn.attention(q, k, v, scale=0.1, dropout_p=p, backend="cuda")
+    kept = (out != 0).cpu()
+    n = kept.numel()
+    assert abs(int(kept.sum()) - n * (1 - p)) <= 6 * math.sqrt(n * p * (1 - p))
+    per_head = kept.float().mean(dim=(2, 3))
+    assert (per_head - (1 - p)).abs().max() <= 6 * math.sqrt(p * (1 - p) / (sq * sk))
+
+
+def test_dropout_p0_is_the_plain_path_and_grads_follow_the_seed():
+    """dropout_p = 0 (any seed) gives the bits of the call without dropout, forward and backward; with
+    dropout, the same torch seed gives the same bits and another seed other ones."""
+    q, k, v = _inputs(1, 2, 1, 21, 45, 32, torch.float16, seed=41)
+    dout = randn(1, 2, 21, 32, dtype=torch.float16, device=DEV, seed=42)
+    base = _cuda.attention_fwd(q, k, v, None, None, True, 0.3)
+    zero = _cuda.attention_fwd(q, k, v, None, None, True, 0.3, 0.0, 12345, 6)
+    assert all(torch.equal(a, b) for a, b in zip(base, zero))
+    gb = _cuda.attention_bwd(dout, q, k, v, base[0], base[1], None, None, True, 0.3, False)[:3]
+    gz = _cuda.attention_bwd(dout, q, k, v, base[0], base[1], None, None, True, 0.3, False, 0.0, 12345, 6)[:3]
+    assert all(torch.equal(a, b) for a, b in zip(gb, gz))
+
+    def run(call_seed):
+        qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
+        torch.manual_seed(call_seed)
+        out = fastattn.attention(qq, kk, vv, causal=True, dropout_p=0.2, backend="cuda")
+        return (out, *torch.autograd.grad(out, (qq, kk, vv), dout))
+
+    a, b, c = run(5), run(5), run(6)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0]) and not torch.equal(a[1], c[1])
+
+
+def test_dropout_nearly_one_drops_everything():
+    """round(p 2^32) = 2^32 (p within 2^-33 of 1): every probability dropped, as in the reference: out and
+    every gradient 0, lse still that of the scores."""
+    p = 1.0 - 2.0 ** -34
+    q, k, v = _inputs(1, 2, 1, 9, 20, 32, torch.float16, seed=3)
+    out, lse = _cuda.attention_fwd(q, k, v, None, None, False, 0.3, p, 99, 1)
+    ref_out, ref_lse = reference.attention(q.double(), k.double(), v.double(), scale=0.3, dropout_p=p, seed=99,
+                                           offset=1)
+    assert (ref_out == 0).all() and (out == 0).all()
+    _assert_lse(lse, ref_lse)
+    dout = randn(1, 2, 9, 32, dtype=torch.float16, device=DEV, seed=4)
+    for g in _cuda.attention_bwd(dout, q, k, v, out, lse, None, None, False, 0.3, False, p, 99, 1)[:3]:
+        assert (g == 0).all()
+
+
+@pytest.mark.skipif(not EMULATED, reason="thread orders are the emulation's settings")
+def test_dropout_same_bits_under_every_schedule():
+    """Forward and backward with dropout over several key blocks and query tiles: the same bits whatever the
+    order the threads run in (no thread's mask depends on another's)."""
+    from fastattn import _emu
+
+    lib = _emu.load_settings(_emu.build_extension())
+    q, k, v = _inputs(1, 2, 1, 66, 140, 32, torch.float16, seed=71)
+    dout = randn(1, 2, 66, 32, dtype=torch.float16, device=DEV, seed=72)
+    bias = randn(1, 2, 66, 140, dtype=torch.float16, device=DEV, seed=73)
+    runs = {}
+    try:
+        for sch in SCHEDULES:
+            assert lib.fastattn_emu_set_schedule(sch.encode()) == 0
+            out, lse = _cuda.attention_fwd(q, k, v, bias, None, True, 0.2, 0.3, 2 ** 61 + 5, 2 ** 31 - 1)
+            grads = _cuda.attention_bwd(dout, q, k, v, out, lse, bias, None, True, 0.2, True, 0.3, 2 ** 61 + 5,
+                                        2 ** 31 - 1)
+            runs[sch] = (out, lse, *grads)
+    finally:
+        lib.fastattn_emu_set_schedule(b"rotate")
+    first = runs["forward"]
+    for sch, got in runs.items():
+        for a, b in zip(got, first):
+            assert torch.equal(a, b), sch
+    ref = reference.attention(q.double(), k.double(), v.double(), causal=True, scale=0.2, bias=bias.double(),
+                              dropout_p=0.3, seed=2 ** 61 + 5, offset=2 ** 31 - 1)[0]
+    assert_rel(first[0], ref, REL_TOL[torch.float16])
+
+
+def test_dropout_binding_checks_and_opcheck():
+    q, k, v = _inputs(1, 2, 1, 4, 5, 32, torch.float16, seed=8)
+    for p in (1.0, -0.1, float("nan")):
+        with pytest.raises(RuntimeError, match="dropout_p"):
+            torch.ops.fastattn.attn_fwd_cuda(q, k, v, None, None, False, 1.0, p, 0, 0)
+    out, lse = _cuda.attention_fwd(q, k, v, None, None, False, 1.0)
+    with pytest.raises(RuntimeError, match="dropout_p"):
+        torch.ops.fastattn.attn_bwd_cuda(out, q, k, v, out, lse, None, None, False, 1.0, False, 1.5, 0, 0)
+    torch.library.opcheck(torch.ops.fastattn.attn_fwd_cuda.default, (q, k, v, None, None, True, 0.5, 0.2, 123, 4),
+                          test_utils=("test_schema", "test_faketensor"))
+    assert _cuda.unsupported_attention(q, k, v, None, None, False, dropout_p=0.1) is None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # GPU: larger sizes, FlashAttention's rule
 # ----------------------------------------------------------------------------------------------------------
@@ -519,3 +830,12 @@ def test_gpu_forward_bias_kpm_bshd():
     kpm = kpm.to(DEV)
     _run_fwd(2, 4, 2, 257, 300, 64, torch.bfloat16, causal=True, bias_shape=(2, 4, 257, 300), kpm=kpm, seed=51)
     _run_fwd(2, 4, 2, 257, 300, 128, torch.float16, bias_shape=(2, 1, 1, 300), kpm=kpm, bshd=True, seed=52)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("sq,sk", [(113, 203), (1023, 1024)], ids=lambda s: str(s))
+def test_gpu_dropout(sq, sk, d):
+    """Dropout on the GPU: out and gradients against the float64 reference on the same stream (FlashAttention's
+    rule with the same mask), causal GQA with a bias."""
+    _run_dropout(2, 4, 2, sq, sk, d, torch.bfloat16, 0.1, causal=True, bias_shape=(1, 4, sq, sk), seed=sq + d)

@@ -124,7 +124,7 @@ def test_hopper_nan_in_nan_out(hopper):
 
 @hopper_only
 def test_declined_calls_take_the_mma_sync_kernel(hopper):
-    """Bias, key padding mask and head dims other than 64 / 128 go to the existing kernel (still correct)."""
+    """Bias, key padding mask, dropout and head dims other than 64 / 128 go to the existing kernel."""
     q, k, v = _inputs(1, 2, 2, 17, 40, 64, torch.float16, seed=21)
     bias = randn(1, 2, 17, 40, dtype=torch.float16, device=DEV, seed=22)
     _run(q, k, v, causal=False, bias=bias, expect_hopper=False)
@@ -133,6 +133,10 @@ def test_declined_calls_take_the_mma_sync_kernel(hopper):
     _run(q, k, v, causal=True, kpm=kpm, expect_hopper=False)
     q, k, v = _inputs(1, 1, 1, 9, 20, 32, torch.bfloat16, seed=23)
     _run(q, k, v, causal=False, expect_hopper=False)
+    q, k, v = _inputs(1, 2, 2, 17, 40, 64, torch.bfloat16, seed=24)
+    before = _launches()
+    out = fastattn.attention(q, k, v, causal=True, dropout_p=0.25, backend="cuda")  # checked by the dropout tests
+    assert _launches() == before and torch.isfinite(out).all()
 
 
 @hopper_only

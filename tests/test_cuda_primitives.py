@@ -446,3 +446,144 @@ def test_primitive_kernels_under_asan():
                LD_PRELOAD=_emu.asan_preload(), ASAN_OPTIONS="detect_leaks=0", PYTHONMALLOC="malloc")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0 and "asan-ok" in run.stdout, run.stderr[-5000:]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Thread-block clusters (csrc/common/cluster.cuh, csrc/testing/cluster_test.cu): a row sum reduced across the
+# CTAs of a cluster through distributed shared memory, against the float64 sum. On a GPU: sm_90 or newer.
+# ------------------------------------------------------------------------------------------------------------
+CLUSTER_PULL, CLUSTER_PUSH, CLUSTER_MISSING_BARRIER, CLUSTER_EARLY_EXIT = 0, 1, 2, 3  # testing::ClusterTestMode
+CLUSTER_TEST = ROOT / "csrc" / "testing" / "cluster_test.cu"
+
+
+def needs_clusters():
+    if not EMULATED and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("thread-block clusters need sm_90")
+
+
+def assert_cluster_sums(out: torch.Tensor, x: torch.Tensor, cluster: int, what: str):
+    out = out.cpu()
+    assert out.shape == (x.shape[0], 1 + cluster)
+    ref = x.double().sum(1)
+    scale = x.double().abs().sum(1)  # fp32 partial sums: error <= n * eps * sum |x|
+    err = ((out[:, 0].double() - ref).abs() / scale).max().item()
+    assert err < 1e-6, f"{what}: relative error {err}"
+    want = torch.tensor([1000.0 * r + cluster for r in range(cluster)])
+    assert torch.equal(out[:, 1:], want.expand(x.shape[0], cluster)), f"{what}: special registers {out[0, 1:]}"
+
+
+@kernels
+@pytest.mark.parametrize("mode", [CLUSTER_PULL, CLUSTER_PUSH], ids=["pull", "push"])
+@pytest.mark.parametrize("cluster", [1, 2, 3, 4, 8, 16])
+def test_cluster_reduction_matches_float64(cluster, mode):
+    """Mapped loads (pull: rank 0 reads every peer) and mapped stores (push: every CTA writes rank 0's slot)
+    after a cluster barrier give the row sums; odd row lengths leave some CTAs a short or empty slice."""
+    needs_clusters()
+    x = rand((5, 1000 + 37 * cluster), torch.float32, 70 + cluster, scale=3.0)
+    x[1, :7] = x[1, :7] * 1e4  # a few large values: a partial lost or counted twice is far off
+    assert_cluster_sums(ops()._test_cluster_reduce_cuda(x, cluster, mode), x, cluster, f"mode {mode}")
+    short = rand((2, cluster - 1 if cluster > 1 else 1), torch.float32, 90)  # fewer elements than CTAs
+    assert_cluster_sums(ops()._test_cluster_reduce_cuda(short, cluster, mode), short, cluster, "short rows")
+
+
+@kernels
+@emulation_only
+@pytest.mark.parametrize("cluster", [2, 8])
+def test_cluster_reduction_same_bits_under_every_schedule(cluster, emu_settings):
+    x = rand((3, 5000), torch.float32, 80)
+    outs = {}
+    for schedule in SCHEDULES:
+        emu_settings.set(schedule, "at_wait")
+        for mode in (CLUSTER_PULL, CLUSTER_PUSH):
+            outs[schedule, mode] = ops()._test_cluster_reduce_cuda(x, cluster, mode)
+            assert_cluster_sums(outs[schedule, mode], x, cluster, f"{schedule} mode {mode}")
+    first = outs["forward", CLUSTER_PULL]
+    for key, out in outs.items():
+        assert torch.equal(out, first), key
+
+
+@kernels
+@emulation_only
+@pytest.mark.parametrize("cluster", [2, 4, 16])
+def test_cluster_missing_barrier_reads_poison(cluster, emu_settings):
+    """The planted missing cluster barrier: rank 0 reads its peers' partials before they are written. Rank 0
+    runs ahead under the forward (round robin from rank 0's thread 0) and warp_greedy (lowest thread first)
+    schedules, and finds the NaN that shared memory starts as; with the barrier the same schedules are exact."""
+    x = rand((3, 4000), torch.float32, 81)
+    for schedule in ("forward", "warp_greedy"):
+        emu_settings.set(schedule, "at_wait")
+        out = ops()._test_cluster_reduce_cuda(x, cluster, CLUSTER_MISSING_BARRIER).cpu()
+        assert bool(torch.isnan(out[:, 0]).all()), (schedule, out[:, 0])
+        assert_cluster_sums(ops()._test_cluster_reduce_cuda(x, cluster, CLUSTER_PULL), x, cluster, schedule)
+
+
+@kernels
+@emulation_only
+def test_cluster_early_exit_aborts():
+    """The planted missing final barrier: peers exit while rank 0 may still read their shared memory. Caught
+    whichever runs first (a mapping after the target's last cluster wait, checked at the target's exit, or a
+    mapping of a CTA that has exited), under every schedule."""
+    line = [i + 1 for i, s in enumerate(CLUSTER_TEST.read_text().splitlines()) if "ld.shared::cluster" in s]
+    assert len(line) == 1
+    for schedule in SCHEDULES:
+        code = textwrap.dedent(f"""
+            import torch
+            from fastattn import _cuda, _emu
+            assert _cuda.status() is True, _cuda.status()
+            lib = _emu.load_settings(_emu.build_extension())
+            assert lib.fastattn_emu_set_schedule({schedule!r}.encode()) == 0
+            out = torch.ops.fastattn._test_cluster_reduce_cuda(torch.randn(2, 3000), 4, {CLUSTER_EARLY_EXIT})
+            print("returned", out.shape, flush=True)
+        """)
+        run = run_ctypes_script(code, asan=False, timeout=600)
+        assert_aborted(run, "cluster_reduce_test_kernel", f"cluster_test.cu:{line[0]}", "cluster barrier")
+        assert ("may still access its shared memory" in run.stderr or "has exited" in run.stderr), run.stderr
+
+
+CLUSTER_PLANTED = ROOT / "tests" / "cpp" / "cluster_planted.cu"
+
+
+def cluster_planted_line(marker: str) -> str:
+    hits = [i + 1 for i, s in enumerate(CLUSTER_PLANTED.read_text().splitlines()) if f"PLANTED: {marker}" in s]
+    assert len(hits) == 1, marker
+    return f"cluster_planted.cu:{hits[0]}"
+
+
+def run_cluster_planted(call: str):
+    lib = _emu.build("cluster_planted", [CLUSTER_PLANTED], watch=[CLUSTER_PLANTED.parent])
+    code = textwrap.dedent(f"""
+        import ctypes
+        lib = ctypes.CDLL({str(lib)!r})
+        f = (ctypes.c_float * 1024)()
+        rc = lib.{call}
+        print("returned", rc, flush=True)
+    """)
+    return run_ctypes_script(code, asan=False, timeout=300)
+
+
+def test_cluster_thread_exiting_before_the_cluster_barrier_aborts():
+    run = run_cluster_planted("planted_exit_without_arrive(f)")
+    assert_aborted(run, "exit_without_arrive_kernel", "divergent cluster barrier",
+                   cluster_planted_line("cluster barrier"))
+
+
+def test_cluster_bad_rank_aborts():
+    run = run_cluster_planted("planted_bad_rank(f)")
+    assert_aborted(run, "bad_rank_kernel", "rank 2 is not a CTA of the cluster", cluster_planted_line("bad rank"))
+
+
+def test_cluster_static_shared_map_aborts():
+    run = run_cluster_planted("planted_static_map(f)")
+    assert_aborted(run, "static_map_kernel", "not in this CTA's dynamic shared memory",
+                   cluster_planted_line("static map"))
+
+
+def test_cluster_wait_without_arrive_aborts():
+    run = run_cluster_planted("planted_wait_without_arrive(f)")
+    assert_aborted(run, "wait_without_arrive_kernel", "without a barrier.cluster.arrive",
+                   cluster_planted_line("lone wait"))
+
+
+def test_cluster_shape_not_dividing_the_grid_is_a_launch_error():
+    run = run_cluster_planted("planted_bad_cluster_shape(f)")
+    assert run.returncode == 0 and "returned 9" in run.stdout, (run.stdout, run.stderr)  # InvalidConfiguration

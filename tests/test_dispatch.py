@@ -315,10 +315,14 @@ def test_fullgraph_compile_with_grad_in_a_fresh_process():
 
 
 @pytest.mark.cuda_kernel
-def test_dropout_reaches_the_cuda_probe_and_is_declined():
-    """The CUDA attention kernels have no dropout: the call is declined with that reason (never handed to a
-    kernel without it); without dropout the same call runs there."""
+def test_dropout_reaches_the_cuda_kernels():
+    """The CUDA attention kernels take dropout (the probe has no reason against it) and draw the reference's
+    stream: with the same torch seed, backend="cuda" equals backend="torch"."""
     q = randn(1, 2, 8, 32, dtype=torch.float16, seed=5)
-    with pytest.raises(BackendUnavailable, match="attention dropout is not in the CUDA kernels"):
-        fastattn.attention(q, q, q, dropout_p=0.1, backend="cuda")
-    assert fastattn.attention(q, q, q, backend="cuda").shape == q.shape
+    from fastattn import _cuda
+    assert _cuda.unsupported_attention(q, q, q, None, None, False, 0.1) is None
+    torch.manual_seed(3)
+    got = fastattn.attention(q, q, q, dropout_p=0.1, backend="cuda")
+    torch.manual_seed(3)
+    want = fastattn.attention(q.double(), q.double(), q.double(), dropout_p=0.1, backend="torch")
+    assert (got.double() - want).abs().max() <= 4e-3 * want.abs().max()

@@ -6,6 +6,8 @@
 //   dv[j] = sum_{i, heads of the group} p[i, j] dout[i],  dk[j] = scale sum ds[i, j] q[i]   (dK/dV kernel)
 //   dq[i] = scale sum_j ds[i, j] k[j]                                                      (dQ kernel)
 //   dbias[i, j] = ds[i, j] (written to an fp32 (B, Hq, Sq, Sk) buffer when asked; the caller sums broadcast dims)
+// Dropout (dropout.enabled): with z[i, j] = keep / (1 - p_drop) regenerated from the forward's stream
+// (common/dropout.h), dv uses p z, and dp[i, j] is dout . v times z; ds = p (dp z - delta) as above.
 // p is recomputed from lse (0 where lse = -inf: rows that saw no key). Deterministic: every output element is
 // summed by one thread in a fixed order, no atomics.
 #pragma once
@@ -14,6 +16,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/dropout.h"
 #include "common/dtype.h"
 
 namespace fastattn {
@@ -40,6 +43,7 @@ struct AttnBwdParams {
   float scale;                // softmax scale
   float scale_log2;           // scale * log2(e)
   bool causal;
+  AttnDropout dropout;        // the forward's attention dropout (enabled = false: none)
 };
 
 // Head dims with a compiled backward.

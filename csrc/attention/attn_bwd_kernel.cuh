@@ -14,10 +14,13 @@
 //   before the first query that sees key n0 are skipped (their dbias entries are written as 0); every block
 //   applies the full mask (v1).
 //
+//   Dropout (p.dropout.enabled, a uniform runtime branch): z = keep / (1 - p) regenerated per score from the
+//   forward's stream (common/philox.cuh), never stored: P^T z goes into dV, dP^T z into dS^T = P^T (dP^T z - delta).
+//
 // attn_bwd_dq_kernel<T, D>
 //   Grid (ceil(Sq / 64), Hq, B), 4 warps of 16 query rows; Q and dO loaded once, K and V per key block (one
 //   stage). S = Q K^T, P from lse, dP = dO V^T, dS = P (dP - delta), dQ += dS K; causal key range as the
-//   forward's. Writes dq once.
+//   forward's. Dropout as in dK/dV: dS = P (dP z - delta). Writes dq once.
 //
 // Reads: the dK/dV pass reads q, dout, lse, delta once per (key block, head); the dQ pass k, v once per query
 // block. Rows past Sq / keys past Sk are zero-filled in shared memory and have p = 0; they are never written.
@@ -31,6 +34,7 @@
 
 #include "attention/attn_bwd.h"
 #include "attention/attn_bwd_launch.h"
+#include "attention/attn_dropout.cuh"
 #include "attention/attn_tile.cuh"
 #include "common/cp_async.cuh"
 #include "common/device_utils.cuh"
@@ -155,6 +159,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_kernel(const AttnBwdParams 
     const float* lse_h = p.lse + b * p.lse_stride[0] + h * p.lse_stride[1];
     const float* delta_h = p.delta + (b * p.heads_q + h) * sq;
     const int64_t bias_bh = b * p.bias_stride[0] + h * p.bias_stride[1];
+    const uint32_t bh = static_cast<uint32_t>(b * p.heads_q + h);  // dropout's counter word 2
     float* dbias_h = p.dbias != nullptr ? p.dbias + (b * p.heads_q + h) * sq * sk : nullptr;
     for (int64_t m0 = m_first; m0 < sq; m0 += BM) {
       const int rows_q = static_cast<int>(sq - m0 < BM ? sq - m0 : BM);
@@ -188,6 +193,8 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_kernel(const AttnBwdParams 
         }
       }
       // P^T and dS^T in place of s and dp.
+      const uint32_t keep_bits = p.dropout.enabled ? attn::dropout_keep_bits<NQ, false>(
+                                     p.dropout, bh, keys[0], keys[1], m0, t) : 0u;
 #pragma unroll
       for (int nt = 0; nt < NQ; ++nt)
 #pragma unroll
@@ -197,8 +204,14 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_kernel(const AttnBwdParams 
           const bool row_ok = i < sq;
           const float lse2 = row_ok ? lse_h[i * p.lse_stride[2]] * kLog2e : -__builtin_huge_valf();
           const float pr = attn::bwd_prob(p, s[nt][r], i, j, bias_bh, kpm, lse2, diag);
-          const float ds = pr * (dp[nt][r] - (row_ok ? delta_h[i] : 0.0f));
-          s[nt][r] = pr;
+          float pz = pr, dpz = dp[nt][r];
+          if (p.dropout.enabled) {  // the forward's mask, regenerated: z = keep / (1 - p) scales P in dV and dP
+            const float z = attn::dropout_factor(keep_bits, 4 * nt + r, p.dropout.scale);
+            pz *= z;
+            dpz *= z;
+          }
+          const float ds = pr * (dpz - (row_ok ? delta_h[i] : 0.0f));
+          s[nt][r] = pz;
           dp[nt][r] = ds;
           if (dbias_h != nullptr && row_ok && j < sk) dbias_h[i * sk + j] = ds;
         }
@@ -260,6 +273,7 @@ __global__ void __launch_bounds__(128, 1) attn_bwd_dq_kernel(const AttnBwdParams
   const int rows_q = static_cast<int>(sq - m0 < BM ? sq - m0 : BM);
   const uint8_t* kpm = p.key_padding != nullptr ? p.key_padding + b * p.kpm_stride_b : nullptr;
   const int64_t bias_bh = b * p.bias_stride[0] + h * p.bias_stride[1];
+  const uint32_t bh = static_cast<uint32_t>(b * p.heads_q + h);  // dropout's counter word 2
 
   const T* qb = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[1] + m0 * p.q_stride[2];
   const T* ob = static_cast<const T*>(p.dout) + b * p.dout_stride[0] + h * p.dout_stride[1] + m0 * p.dout_stride[2];
@@ -316,6 +330,8 @@ __global__ void __launch_bounds__(128, 1) attn_bwd_dq_kernel(const AttnBwdParams
         mma_m16n8k16<T>(dp[2 * np + 1], ao, v1, dp[2 * np + 1]);
       }
     }
+    const uint32_t keep_bits = p.dropout.enabled ? attn::dropout_keep_bits<NT, true>(
+                                   p.dropout, bh, rows[0], rows[1], n0, t) : 0u;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -323,7 +339,9 @@ __global__ void __launch_bounds__(128, 1) attn_bwd_dq_kernel(const AttnBwdParams
         const int64_t i = rows[r >> 1];
         const int64_t j = n0 + nt * 8 + 2 * t + (r & 1);
         const float pr = attn::bwd_prob(p, s[nt][r], i, j, bias_bh, kpm, lse2[r >> 1], diag);
-        dp[nt][r] = pr * (dp[nt][r] - delta[r >> 1]);
+        float dpz = dp[nt][r];
+        if (p.dropout.enabled) dpz *= attn::dropout_factor(keep_bits, 4 * nt + r, p.dropout.scale);  // as dK/dV's
+        dp[nt][r] = pr * (dpz - delta[r >> 1]);
       }
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {

@@ -8,7 +8,7 @@
 
 namespace fastattn {
 
-int attn_decode_key_block(int /*head_dim*/) { return 32; }  // AttnDecodeConfig<D>::kBlockN
+int attn_decode_key_block(int head_dim) { return attn_decode_block_n(head_dim); }
 
 template <typename T>
 static cudaError_t attn_decode_dim(const AttnDecodeParams& params, int head_dim, cudaStream_t stream) {

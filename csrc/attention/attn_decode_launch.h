@@ -8,6 +8,10 @@
 
 namespace fastattn {
 
+// Keys per pipeline block of the decode kernel at head dim d (AttnDecodeConfig<D>::kBlockN): 16 per key group,
+// 4 key groups, 2 at D = 256 (where the 4 warps also split D in two). A split's length is a multiple of it.
+constexpr int attn_decode_block_n(int d) { return d == 256 ? 32 : 64; }
+
 template <typename T, int D>
 cudaError_t attn_decode_launch(const AttnDecodeParams& params, cudaStream_t stream);
 

@@ -5,12 +5,15 @@
 // with key j hidden from query i (s = -inf) when key_padding_mask[b, j] is false, or, causal, when
 // j > i + Sk - Sq (aligned bottom-right). A row with no visible key gives out = 0 and lse = -inf.
 // fp16 / bf16 inputs, fp32 accumulation and softmax, out rounded to the input dtype, lse in fp32.
+// Dropout (dropout.enabled): p[i, j] is replaced by p[i, j] z[i, j] in the sum for out, z = keep / (1 - p_drop)
+// from the stream of common/dropout.h; lse stays that of the undropped softmax.
 #pragma once
 
 #include <cstdint>
 
 #include <cuda_runtime_api.h>
 
+#include "common/dropout.h"
 #include "common/dtype.h"
 
 namespace fastattn {
@@ -30,6 +33,7 @@ struct AttnFwdParams {
   int64_t lse_stride[3];          // (b, h, s)
   float scale_log2;               // scale * log2(e): scores are kept in log2 units
   bool causal;
+  AttnDropout dropout;            // attention dropout (enabled = false: none)
 };
 
 // Head dims with a compiled kernel.

@@ -16,6 +16,10 @@
 //   of the keys run the causal / bounds mask; the key padding mask and the bias apply to every block when given.
 //   Invariant: after iteration n, o = sum_{j < 64 (n + 1)} exp2(s2_j - m) v_j and l = sum exp2(s2_j - m) over
 //   the keys of blocks 0..n, m = max over them (-inf when all are hidden; then exp2 uses 0 for m).
+//   Dropout (p.dropout.enabled, a uniform runtime branch, no template flag): after l has taken P, each entry of
+//   P is zeroed unless its bit of attn::dropout_keep_bits is set (attn_dropout.cuh: one Philox4x32-10 per score,
+//   counter (key, query row, b * Hq + h, offset), drawn one at a time); the epilogue multiplies by 1 / (1 - p).
+//   lse is of the undropped softmax.
 //   Epilogue: out = o / l (0 when l == 0: no visible key), lse = (m + log2 l) ln 2 (-inf when l == 0).
 //   Global reads: q once; k, v once per (query tile, head); bias and the key padding mask once per score.
 //   Writes: out and lse once. Rows past Sq are computed on zero-filled Q rows but never written; key rows past
@@ -30,6 +34,7 @@
 #include <cuda_runtime.h>
 
 #include "attention/attn_fwd.h"
+#include "attention/attn_dropout.cuh"
 #include "attention/attn_fwd_launch.h"
 #include "attention/attn_tile.cuh"
 #include "common/cp_async.cuh"
@@ -165,6 +170,7 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads) attn_fwd_kernel(co
       b * p.bias_stride[0] + h * p.bias_stride[1] + rows[0] * p.bias_stride[2],
       b * p.bias_stride[0] + h * p.bias_stride[1] + rows[1] * p.bias_stride[2]};
   const uint8_t* kpm = has_kpm ? p.key_padding + b * p.kpm_stride_b : nullptr;
+  const uint32_t bh = static_cast<uint32_t>(b * p.heads_q + h);  // dropout's counter word 2
 
   for (int nb = 0; nb < n_blocks; ++nb) {
     const int stage = nb & 1;
@@ -230,6 +236,14 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads) attn_fwd_kernel(co
         s[nt][i] = e;
         row_sum[i >> 1] += e;
       }
+    if (p.dropout.enabled) {  // uniform: the normaliser l keeps every probability, only P V loses the dropped
+      const uint32_t keep_bits = attn::dropout_keep_bits<NT, true>(p.dropout, bh, rows[0], rows[1], n0, t);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          if (!((keep_bits >> (4 * nt + i)) & 1u)) s[nt][i] = 0.0f;
+    }
 #pragma unroll
     for (int ot = 0; ot < OT; ++ot) {
       o[ot][0] *= alpha[0];
@@ -261,7 +275,8 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads) attn_fwd_kernel(co
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float l = attn::quad_sum(row_sum[r]);
-    const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // NaN stays NaN
+    // NaN stays NaN; dropout: the kept probabilities are scaled by 1 / (1 - p) here, once per row
+    const float inv = l == 0.0f ? 0.0f : (p.dropout.enabled ? p.dropout.scale : 1.0f) / l;
     const int64_t row = rows[r];
     if (row < sq) {
       T* orow = ob + row * p.out_stride[2];

@@ -74,7 +74,7 @@ bool attn_fwd_sm90_enabled(const AttnFwdParams& params, DType dtype, int head_di
   if (flag == nullptr || std::strcmp(flag, "1") != 0) return false;
   if (dtype != DType::kFloat16 && dtype != DType::kBFloat16) return false;
   if (head_dim != 64 && head_dim != 128) return false;
-  if (params.bias != nullptr || params.key_padding != nullptr) return false;
+  if (params.bias != nullptr || params.key_padding != nullptr || params.dropout.enabled) return false;
 #if defined(__CUDACC__)
   return device_runs_sm90a();
 #else

@@ -10,7 +10,7 @@
 namespace fastattn {
 
 // True when FASTATTN_CUDA_HOPPER=1 (read on every call) and the call is one the kernel takes: fp16 / bf16, head
-// dim 64 or 128, no bias, no key padding mask; under nvcc also the current device is sm_90 and the extension
+// dim 64 or 128, no bias, no key padding mask, no dropout; under nvcc also the current device is sm_90 and the extension
 // holds sm_90a code (a one-time probe per device: a tiny kernel and a synchronous copy). The emulated build
 // needs only the flag, so that the tests run the kernel on the CPU.
 bool attn_fwd_sm90_enabled(const AttnFwdParams& params, DType dtype, int head_dim);

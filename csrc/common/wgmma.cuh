@@ -74,7 +74,6 @@ namespace detail {
 
 #if !defined(__CUDACC__) && defined(FASTATTN_EMULATE)
 constexpr int kWgmmaSlot = 6;  // fastattn_emu::thread_slot index of the per-thread wgmma state
-constexpr int kMaxWarpgroups = fastattn_emu::kMaxThreadsPerBlock / emu_wgmma::kWarpgroupThreads;
 
 struct WgmmaOp {
   int n = 0;
@@ -93,8 +92,10 @@ struct WgmmaOp {
 };
 
 struct WgmmaWarpgroup {
-  unsigned long long launch = 0;  // identity: (launch, block); stale state of an earlier block is reset
+  unsigned long long launch = 0;  // identity: (launch, block, index)
   uint3 block = {0, 0, 0};
+  int index = 0;
+  int live = 0;                   // threads attached (first wgmma call) and not yet exited
   std::deque<WgmmaOp> ops;        // not yet retired, oldest first; ops[s - base] is the thread's s-th wgmma
   long base = 0;
   long waits_done = 0;
@@ -112,18 +113,31 @@ struct WgmmaThread {
   int last_line = 0;
 };
 
+// The state of warpgroup `index` of the running block. Blocks run one after another, or one cluster's CTAs
+// together: an entry whose threads have all exited (or of another launch) is reused.
 inline WgmmaWarpgroup& wgmma_warpgroup(int index) {
-  static WgmmaWarpgroup groups[kMaxWarpgroups];
-  WgmmaWarpgroup& g = groups[index];
+  static std::vector<WgmmaWarpgroup*> groups;  // never freed: a few per warpgroup index in use
   const unsigned long long launch = fastattn_emu_launch_count();
   const uint3 b = blockIdx;
-  if (g.launch != launch || g.block.x != b.x || g.block.y != b.y || g.block.z != b.z) {
-    g.launch = launch;
-    g.block = b;
-    g.ops.clear();
-    g.base = 0;
-    g.waits_done = 0;
+  WgmmaWarpgroup* free_entry = nullptr;
+  for (auto& e : groups) {
+    WgmmaWarpgroup& g = *e;
+    const bool stale = g.launch != launch || g.live == 0;
+    if (!stale && g.index == index && g.block.x == b.x && g.block.y == b.y && g.block.z == b.z) return g;
+    if (stale && free_entry == nullptr) free_entry = &g;
   }
+  if (free_entry == nullptr) {
+    groups.push_back(new WgmmaWarpgroup);
+    free_entry = groups.back();
+  }
+  WgmmaWarpgroup& g = *free_entry;
+  g.launch = launch;
+  g.block = b;
+  g.index = index;
+  g.live = 0;
+  g.ops.clear();
+  g.base = 0;
+  g.waits_done = 0;
   return g;
 }
 
@@ -135,6 +149,7 @@ inline void wgmma_at_exit(void* slot_ptr) {
     if (!op.done)
       fastattn_emu::fail("a thread exits with a wgmma.mma_async (%s:%d) still pending: no wgmma.wait_group covers "
                          "it", op.file, op.line);
+  --ts->wg->live;
   delete ts;
   *slot = nullptr;
 }
@@ -149,6 +164,7 @@ inline WgmmaThread& wgmma_thread() {
       fastattn_emu::fail("wgmma: thread %d is in no whole warpgroup (the block has %d threads; a warpgroup is 128)",
                          linear, fastattn_emu::block_thread_count());
     ts->wg = &wgmma_warpgroup(linear / emu_wgmma::kWarpgroupThreads);
+    ++ts->wg->live;
     slot = ts;
     fastattn_emu::on_thread_exit(&wgmma_at_exit, &slot);
   }

@@ -73,6 +73,7 @@ constexpr int kMaxThreadsPerBlock = 1024;
 constexpr size_t kWarpScratchBytes = 16384;  // per warp, 16-byte aligned (warp_scratch)
 constexpr size_t kMaxDynamicSharedBytes = 227 * 1024;  // sm_90's per-block limit (opt-in)
 constexpr int kThreadSlots = 8;
+constexpr int kMaxClusterSize = 16;  // CTAs per cluster: sm_90's non-portable limit (8 portable)
 
 // ---- API for emulated primitives (tensor-core / cp.async emulation, branch `prim`): keep stable ----------
 int lane_id();            // threadIdx's linear index % 32
@@ -142,6 +143,27 @@ using Body = void (*)(void*);
 void launch(const char* pretty_kernel, const char* file, int line, dim3 grid, dim3 block, size_t smem,
             Body body, void* args);
 
+// ---- thread-block clusters (csrc/common/cluster.cuh is the kernels' interface) ----------------------------
+// A cluster launch runs the CTAs of one cluster together: all their threads are fibers of one scheduling pool.
+// Each CTA has its own dynamic shared memory (and its own copy of the static __shared__ section, swapped in
+// when one of its threads runs; under ASan the statics are one copy: keep a cluster kernel's shared data in
+// FASTATTN_DYNAMIC_SHARED). A bad shape (over 16 CTAs, not dividing the grid) sets
+// cudaErrorInvalidConfiguration.
+void launch_cluster(const char* pretty_kernel, const char* file, int line, dim3 grid, dim3 block, dim3 cluster,
+                    size_t smem, Body body, void* args);
+int cluster_ctarank();   // %cluster_ctarank: x + y * cluster.x + z * cluster.x * cluster.y of the CTA in its cluster
+int cluster_nctarank();  // %cluster_nctarank
+dim3 cluster_dim();      // %cluster_nctaid
+// barrier.cluster.arrive (release) / barrier.cluster.wait (acquire), strict: every thread of every CTA of the
+// cluster arrives at every phase, at the same file:line; arrive twice without a wait, a wait without an
+// arrive, a thread exiting while others have arrived (or arriving after one exited without it) abort.
+void cluster_arrive(const char* file, int line);
+void cluster_wait(const char* file, int line);
+// mapa: the address in CTA `rank`'s dynamic shared memory at the offset `p` has in the caller's. Aborts when p
+// is not in the caller's dynamic buffer, rank is out of range, or CTA `rank` has exited; a CTA that exits
+// while a peer has mapped its memory since the last cluster barrier it waited on aborts too.
+void* map_shared_rank(const void* p, unsigned rank, const char* file, int line);
+
 template <typename T>
 inline uint64_t to_bits(const T& v) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "warp shuffles move up to 8 bytes");
@@ -167,6 +189,16 @@ void run_kernel(void* args) {
 }
 
 }  // namespace detail
+
+// The emulated cudaLaunchKernelEx with a cluster-dimension attribute (FASTATTN_LAUNCH_CLUSTER).
+template <auto Kernel, typename... Args>
+void launch_cluster(const char* file, int line, dim3 grid, dim3 block, dim3 cluster, size_t smem,
+                    cudaStream_t /*stream*/, Args&&... args) {
+  using Tuple = std::tuple<std::decay_t<Args>...>;
+  Tuple tuple(std::forward<Args>(args)...);
+  detail::launch_cluster(detail::pretty_name<Kernel>(), file, line, grid, block, cluster, smem,
+                         &detail::run_kernel<Kernel, Tuple>, &tuple);
+}
 
 // The emulated `kernel<<<grid, block, smem, stream>>>(args...)`: runs the whole grid before returning; a
 // bad configuration sets the error cudaGetLastError returns, like CUDA.

@@ -23,12 +23,23 @@
 //    writes the dot of its piece to workspace[row * splits + piece]; softmax_bwd_apply_kernel: same grid, each
 //    CTA sums the row's partials in piece order and writes dx for its piece. Same traffic as 2, spread over
 //    rows * splits CTAs.
+// 4. softmax_bwd_cluster_kernel<T, THREADS> (sm_90 only; v3): rows wider than registers held in the
+//    distributed shared memory of a cluster of 2, 4 or 8 CTAs (softmax_cluster.h; as the forward's kernel 4).
+//    CTA `rank` copies its piece of dy and y (raw, in T: 2 * sizeof(T) bytes per element) into its dynamic
+//    shared memory while summing dy * y, pushes the piece's dot into every CTA's slot `rank`
+//    (st.shared::cluster), one cluster barrier, the row's dot from the slots in rank order, dx from shared
+//    memory. Slots alternate between two sets by row parity: a peer may push the next row's dot before this CTA
+//    has read this row's (it cannot push the row after, which needs this CTA at the next barrier).
+//    Dynamic shared memory: 64 floats (2 x 16 slots, 32 warp partials), then dy's piece, then y's.
+//    Global traffic: 1 read of dy and y, 1 write of dx (the minimum); one cluster barrier per row.
 #pragma once
 
 #include <cstdint>
 
+#include "common/cluster.cuh"
 #include "common/device_utils.cuh"
 #include "common/launch.cuh"
+#include "softmax/softmax_cluster.h"
 #include "softmax/softmax_bwd_launch.h"
 #include "softmax/softmax_split.h"
 
@@ -240,7 +251,105 @@ cudaError_t launch_regs(const SoftmaxBwdParams& p, cudaStream_t stream) {
 // Kernel choice (the same widths for every dtype: 16 fp32 values of dy and 16 of y per thread at most):
 //   n <=   512  warp per row        n <= 2048  128 threads per row    n <= 4096   256 threads per row
 //   n <=  8192  512 threads         n <= 16384 1024 threads
+//   wider, sm_90: a cluster of 2-8 CTAs per row (softmax_cluster::plan: up to 196,608 fp32 / 393,216 16-bit)
 //   wider: row split when softmax_split::plan says so (few rows), else two-pass with 1024 threads per row.
+namespace softmax_bwd_detail {
+
+constexpr int64_t kClusterHeaderFloats = 64;
+
+template <typename T, int THREADS>
+__global__ void __launch_bounds__(THREADS) softmax_bwd_cluster_kernel(const SoftmaxBwdParams p, int64_t piece) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  constexpr int kVec = kChunk<T>;
+  constexpr int kSlots = softmax_cluster::kSlots;
+  static_assert(THREADS >= kSlots && THREADS <= 1024, "cluster kernel shape");
+  FASTATTN_DYNAMIC_SHARED(float, smem);
+  float* const red = smem + 2 * kSlots;
+  T* const g_s = reinterpret_cast<T*>(smem + kClusterHeaderFloats);  // dy's piece (16-byte aligned)
+  T* const y_s = g_s + piece;  // piece is a multiple of 8 elements: still 16-byte aligned
+
+  const unsigned rank = cluster::ctarank(), csize = cluster::nctarank();
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t j0 = static_cast<int64_t>(rank) * piece;
+  const int64_t len = p.n - j0 >= piece ? piece : (p.n > j0 ? p.n - j0 : 0);
+  const int64_t nclusters = gridDim.x / csize;
+  int parity = 0;
+  for (int64_t row = blockIdx.x / csize; row < p.rows; row += nclusters, parity ^= 1) {
+    const T* __restrict__ dy = static_cast<const T*>(p.dy) + row * p.dy_row_stride + j0;
+    const T* __restrict__ y = static_cast<const T*>(p.y) + row * p.y_row_stride + j0;
+    T* __restrict__ dx = static_cast<T*>(p.dx) + row * p.dx_row_stride + j0;
+    const RowSplit sp = split3(dy, y, dx, len);
+    const int64_t tail0 = sp.head + sp.nchunk * kVec;
+    const int64_t scal = sp.nchunk * kVec;  // head scalars, then tail scalars, after the chunks
+    float* const slots = smem + parity * kSlots;
+
+    // Copy the piece once into shared memory, summing dy * y.
+    float dot = 0.f;
+    if (tid < sp.head) {
+      g_s[scal + tid] = dy[tid];
+      y_s[scal + tid] = y[tid];
+      dot += to_float(dy[tid]) * to_float(y[tid]);
+    }
+#pragma unroll 4
+    for (int64_t c = tid; c < sp.nchunk; c += THREADS) {
+      const uint4 g = load_raw(dy + sp.head + c * kVec, sp.vectorized);
+      const uint4 v = load_raw(y + sp.head + c * kVec, sp.vectorized);
+      *reinterpret_cast<uint4*>(g_s + c * kVec) = g;
+      *reinterpret_cast<uint4*>(y_s + c * kVec) = v;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) dot += raw_at<T>(g, i) * raw_at<T>(v, i);
+    }
+    if (tid < sp.tail) {
+      g_s[scal + sp.head + tid] = dy[tail0 + tid];
+      y_s[scal + sp.head + tid] = y[tail0 + tid];
+      dot += to_float(dy[tail0 + tid]) * to_float(y[tail0 + tid]);
+    }
+    const float piece_dot = row_allreduce<THREADS>(dot, red, SumOp());
+    if (tid < static_cast<int>(csize)) cluster::map_shared_rank(slots, tid)[rank] = piece_dot;
+    cluster::sync();  // every CTA's dot is in every CTA's slots (this row's parity)
+    float total = 0.f;
+    for (unsigned r = 0; r < csize; ++r) total += slots[r];
+    const float it = row_inv_t(p, row);
+
+    // dx = y (dy - dot) / T: the row's only write.
+    if (tid < sp.head) dx[tid] = from_float<T>(to_float(y_s[scal + tid]) * (to_float(g_s[scal + tid]) - total) * it);
+#pragma unroll 4
+    for (int64_t c = tid; c < sp.nchunk; c += THREADS) {
+      const uint4 g = *reinterpret_cast<const uint4*>(g_s + c * kVec);
+      const uint4 v = *reinterpret_cast<const uint4*>(y_s + c * kVec);
+      float out[kVec];
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) out[i] = raw_at<T>(v, i) * (raw_at<T>(g, i) - total) * it;
+      store_chunk(dx + sp.head + c * kVec, sp.vectorized, out);
+    }
+    if (tid < sp.tail) {
+      const int64_t k = scal + sp.head + tid;
+      dx[tail0 + tid] = from_float<T>(to_float(y_s[k]) * (to_float(g_s[k]) - total) * it);
+    }
+    // Why: the next row's head/tail split may differ (row strides change the alignment), so its copies could
+    // overwrite elements other threads of this CTA are still reading.
+    __syncthreads();
+  }
+#else
+  (void)p;
+  (void)piece;
+  __trap();  // sm_80 and older: no clusters (softmax_bwd_launch never picks this kernel there)
+#endif
+}
+
+template <typename T>
+cudaError_t launch_cluster(const SoftmaxBwdParams& p, const softmax_cluster::Plan& plan, cudaStream_t stream) {
+  const int64_t clusters_max = kMaxGridX / plan.csize;
+  const int64_t clusters = p.rows < clusters_max ? p.rows : clusters_max;
+  const dim3 grid(static_cast<unsigned>(clusters * plan.csize));
+  const size_t smem = static_cast<size_t>(kClusterHeaderFloats) * sizeof(float) + 2 * plan.piece * sizeof(T);
+  FASTATTN_LAUNCH_CLUSTER((softmax_bwd_cluster_kernel<T, softmax_cluster::kThreads>), grid,
+                          softmax_cluster::kThreads, dim3(plan.csize, 1, 1), smem, stream, p, plan.piece);
+  return cudaGetLastError();
+}
+
+}  // namespace softmax_bwd_detail
+
 template <typename T>
 cudaError_t softmax_bwd_launch(const SoftmaxBwdParams& p, cudaStream_t stream) {
   using namespace softmax_bwd_detail;
@@ -252,6 +361,10 @@ cudaError_t softmax_bwd_launch(const SoftmaxBwdParams& p, cudaStream_t stream) {
   if (n <= 256 * 16) return launch_regs<T, 256, K>(p, stream);
   if (n <= 512 * 16) return launch_regs<T, 512, K>(p, stream);
   if (n <= 1024 * 16) return launch_regs<T, 1024, K>(p, stream);
+  if (softmax_cluster::enabled()) {  // sm_90: dy and y of the row in a cluster's shared memory (v3)
+    const softmax_cluster::Plan cplan = softmax_cluster::plan(n, 2 * sizeof(T));
+    if (cplan.csize > 0) return launch_cluster<T>(p, cplan, stream);
+  }
   const softmax_split::Plan plan = softmax_split::plan(p.rows, n);
   if (plan.splits > 1 && p.workspace != nullptr) {
     const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(p.rows));

@@ -43,12 +43,31 @@
 //    softmax_fwd_split_norm_kernel: every CTA of the row combines the row's `splits` pairs in piece order
 //      (bitwise the same (mu, inv) in each), then re-reads its piece and writes y.
 //    Global traffic as the two-pass kernel (2 reads + 1 write), spread over rows * splits CTAs instead of rows.
+//
+// 4. softmax_fwd_cluster_kernel<T, THREADS> (sm_90 only; v3): rows too wide for one CTA's registers, held
+//    whole in the distributed shared memory of a thread-block cluster (common/cluster.cuh).
+//    Grid: clusters of `csize` CTAs (2, 4 or 8: softmax_cluster::plan) along x, one cluster per row (grid-stride
+//    over rows); block: THREADS threads. CTA `rank` owns the contiguous piece [rank * piece, + piece) of the row
+//    (piece a multiple of 8 elements, so every piece starts at the row's 16-byte phase) and keeps it in its
+//    dynamic shared memory as fp32 t = x * s.
+//    Dynamic shared memory (floats): [0, 16) slots_max, [16, 32) slots_sum (one per rank: the partials pushed
+//    by every CTA of the cluster, st.shared::cluster), [32, 64) and [64, 96) the block reductions' warp partials,
+//    [96, 96 + piece) the piece (chunks first, then the head and tail scalars).
+//    Per row: load the piece (x read once) and its max -> push the max to every CTA's slots_max[rank] ->
+//    cluster barrier -> row max from the slots in rank order (the same bits in every CTA) -> e = exp2(t - mu)
+//    in place and the piece sum -> push to slots_sum[rank] -> cluster barrier -> total in rank order -> y = e *
+//    inv (y written once). After the second barrier no CTA touches a peer's memory, so a CTA may exit (or
+//    reuse its slots for the next row) without a third barrier.
+//    Global traffic: 1 read + 1 write of the row (the minimum) at any row count; one exp2 per element; two
+//    cluster barriers per row.
 #pragma once
 
 #include <cstdint>
 
+#include "common/cluster.cuh"
 #include "common/device_utils.cuh"
 #include "common/launch.cuh"
+#include "softmax/softmax_cluster.h"
 #include "softmax/softmax_fwd_launch.h"
 #include "softmax/softmax_split.h"
 
@@ -310,6 +329,140 @@ __global__ void __launch_bounds__(THREADS) softmax_fwd_split_norm_kernel(const S
   if (tid < sp.tail) y[tail0 + tid] = from_float<T>(exp2f(to_float(x[tail0 + tid]) * s - mu) * inv);
 }
 
+// ---- v3: the row in a cluster's distributed shared memory (sm_90; plan in softmax_cluster.h) ------------------
+constexpr int kClusterThreads = softmax_cluster::kThreads;
+constexpr int kClusterSlots = softmax_cluster::kSlots;
+constexpr int64_t kClusterHeaderFloats = 96;  // slots_max, slots_sum, two warp-partial buffers
+
+template <typename T, int THREADS>
+__global__ void __launch_bounds__(THREADS) softmax_fwd_cluster_kernel(const SoftmaxFwdParams p, int64_t piece) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  constexpr int kVec = kChunk<T>;
+  static_assert(THREADS >= kClusterSlots && THREADS <= 1024 && kVec % 4 == 0, "cluster kernel shape");
+  FASTATTN_DYNAMIC_SHARED(float, smem);
+  float* const slots_max = smem;
+  float* const slots_sum = smem + kClusterSlots;
+  float* const red_max = smem + 2 * kClusterSlots;
+  float* const red_sum = smem + 2 * kClusterSlots + 32;
+  float* const data = smem + kClusterHeaderFloats;  // 16-byte aligned
+
+  const unsigned rank = cluster::ctarank(), csize = cluster::nctarank();
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t j0 = static_cast<int64_t>(rank) * piece;
+  const int64_t len = p.n - j0 >= piece ? piece : (p.n > j0 ? p.n - j0 : 0);  // the last pieces may be short
+  const int64_t nclusters = gridDim.x / csize;
+  for (int64_t row = blockIdx.x / csize; row < p.rows; row += nclusters) {
+    const T* __restrict__ x = static_cast<const T*>(p.x) + row * p.x_row_stride + j0;
+    T* __restrict__ y = static_cast<T*>(p.y) + row * p.y_row_stride + j0;
+    const float s = row_scale(p, row);
+    const RowSplit sp = split_row(x, y, len);
+    const int64_t tail0 = sp.head + sp.nchunk * kVec;
+    float* const scalars = data + sp.nchunk * kVec;  // head elements, then tail elements
+    const bool has_head = tid < sp.head;
+    const bool has_tail = tid < sp.tail;
+
+    // Load the piece once: t = x * s into shared memory, and its max.
+    float m = -INFINITY;
+    if (has_head) {
+      const float t = to_float(x[tid]) * s;
+      scalars[tid] = t;
+      m = fmaxf(m, t);
+    }
+#pragma unroll 4
+    for (int64_t c = tid; c < sp.nchunk; c += THREADS) {
+      float v[kVec];
+      load_chunk(x + sp.head + c * kVec, sp.vectorized, v);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        v[i] *= s;
+        m = fmaxf(m, v[i]);
+      }
+#pragma unroll
+      for (int i = 0; i < kVec; i += 4)
+        *reinterpret_cast<float4*>(data + c * kVec + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+    }
+    if (has_tail) {
+      const float t = to_float(x[tail0 + tid]) * s;
+      scalars[sp.head + tid] = t;
+      m = fmaxf(m, t);
+    }
+    const float piece_max = row_allreduce<THREADS>(m, red_max, MaxOp());
+    if (tid < static_cast<int>(csize)) cluster::map_shared_rank(slots_max, tid)[rank] = piece_max;
+    cluster::sync();  // every CTA's max is in every CTA's slots_max
+    float row_max = -INFINITY;
+    for (unsigned r = 0; r < csize; ++r) row_max = fmaxf(row_max, slots_max[r]);
+    const float mu = shift_of(row_max);
+
+    // e = exp2(t - mu) in place, and the piece's sum.
+    float sum = 0.f;
+    if (has_head) {
+      const float e = exp2f(scalars[tid] - mu);
+      scalars[tid] = e;
+      sum += e;
+    }
+#pragma unroll 4
+    for (int64_t c = tid; c < sp.nchunk; c += THREADS) {
+#pragma unroll
+      for (int i = 0; i < kVec; i += 4) {
+        float4 v = *reinterpret_cast<const float4*>(data + c * kVec + i);
+        v.x = exp2f(v.x - mu);
+        v.y = exp2f(v.y - mu);
+        v.z = exp2f(v.z - mu);
+        v.w = exp2f(v.w - mu);
+        sum += (v.x + v.y) + (v.z + v.w);
+        *reinterpret_cast<float4*>(data + c * kVec + i) = v;
+      }
+    }
+    if (has_tail) {
+      const float e = exp2f(scalars[sp.head + tid] - mu);
+      scalars[sp.head + tid] = e;
+      sum += e;
+    }
+    const float piece_sum = row_allreduce<THREADS>(sum, red_sum, SumOp());
+    if (tid < static_cast<int>(csize)) cluster::map_shared_rank(slots_sum, tid)[rank] = piece_sum;
+    cluster::sync();  // every CTA's sum is in every CTA's slots_sum; no peer access follows in this row
+    float total = 0.f;
+    for (unsigned r = 0; r < csize; ++r) total += slots_sum[r];
+    const float inv = inverse_sum(total);
+
+    // y = e * inv: the row's only write.
+    if (has_head) y[tid] = from_float<T>(scalars[tid] * inv);
+#pragma unroll 4
+    for (int64_t c = tid; c < sp.nchunk; c += THREADS) {
+      float v[kVec];
+#pragma unroll
+      for (int i = 0; i < kVec; i += 4) {
+        const float4 e = *reinterpret_cast<const float4*>(data + c * kVec + i);
+        v[i] = e.x * inv;
+        v[i + 1] = e.y * inv;
+        v[i + 2] = e.z * inv;
+        v[i + 3] = e.w * inv;
+      }
+      store_chunk(y + sp.head + c * kVec, sp.vectorized, v);
+    }
+    if (has_tail) y[tail0 + tid] = from_float<T>(scalars[sp.head + tid] * inv);
+    // Why: the next row's head/tail split may differ (row strides change the alignment), so its loads could
+    // overwrite elements other threads of this CTA are still storing.
+    __syncthreads();
+  }
+#else
+  (void)p;
+  (void)piece;
+  __trap();  // sm_80 and older: no clusters (softmax_fwd_launch never picks this kernel there)
+#endif
+}
+
+template <typename T>
+cudaError_t launch_cluster(const SoftmaxFwdParams& p, const softmax_cluster::Plan& plan, cudaStream_t stream) {
+  const int64_t clusters_max = kMaxGridX / plan.csize;
+  const int64_t clusters = p.rows < clusters_max ? p.rows : clusters_max;
+  const dim3 grid(static_cast<unsigned>(clusters * plan.csize));
+  const size_t smem = static_cast<size_t>(kClusterHeaderFloats + plan.piece) * sizeof(float);
+  FASTATTN_LAUNCH_CLUSTER((softmax_fwd_cluster_kernel<T, kClusterThreads>), grid, kClusterThreads,
+                          dim3(plan.csize, 1, 1), smem, stream, p, plan.piece);
+  return cudaGetLastError();
+}
+
 template <typename T, int ROW_THREADS, int K>
 cudaError_t launch_regs(const SoftmaxFwdParams& p, cudaStream_t stream) {
   constexpr int kRowsPerBlock = ROW_THREADS < 128 ? 128 / ROW_THREADS : 1;
@@ -336,6 +489,7 @@ cudaError_t launch_two_pass(const SoftmaxFwdParams& p, cudaStream_t stream) {
 //   n <=  1024 * kChunk  (4096 /  8192)  256-thread CTA per row
 //   n <=  2048 * kChunk  (8192 / 16384)  512-thread CTA per row
 //   n <=  4096 * kChunk (16384 / 32768)  1024-thread CTA per row
+//   wider, sm_90, n <= 393,216            a cluster of 2-8 CTAs per row, the row in their shared memory (v3)
 //   wider                                 row split when softmax_split::plan says so (<= 32 rows),
 //                                         else two-pass, 1024-thread CTA per row
 template <typename T>
@@ -350,6 +504,10 @@ cudaError_t softmax_fwd_launch(const SoftmaxFwdParams& p, cudaStream_t stream) {
   if (n <= 1024 * kVec) return launch_regs<T, 256, 4>(p, stream);
   if (n <= 2048 * kVec) return launch_regs<T, 512, 4>(p, stream);
   if (n <= 4096 * kVec) return launch_regs<T, 1024, 4>(p, stream);
+  if (softmax_cluster::enabled()) {  // sm_90: the whole row in a cluster's shared memory (v3)
+    const softmax_cluster::Plan cplan = softmax_cluster::plan(n, sizeof(float));  // the piece is kept as fp32
+    if (cplan.csize > 0) return launch_cluster<T>(p, cplan, stream);
+  }
   const softmax_split::Plan plan = softmax_split::plan(p.rows, n);
   if (plan.splits > 1 && p.workspace != nullptr) {  // few wide rows: each row over several CTAs
     const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(p.rows));

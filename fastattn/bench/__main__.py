@@ -33,7 +33,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         "(fastattn/bench/static.py; `--static --help` for its options)")
     p.add_argument("--op", action="append", type=_csv(str), metavar="OPS",
                    help="sections to run, comma-separated: attention (attention_fwd, attention_bwd), decode, mask "
-                        "(mask_fwd, mask_bwd), softmax, sampling, e2e")
+                        "(mask_fwd, mask_bwd), dropout (dropout_fwd, dropout_bwd), softmax, sampling, e2e")
     p.add_argument("--dtype", action="append", type=_csv(str), metavar="DTYPES",
                    help="dtypes, comma-separated (bf16, fp16, fp32); default: each op's own")
     p.add_argument("--head-dim", action="append", type=_csv(int), metavar="DS", help="head dims for attention/decode")

@@ -55,7 +55,7 @@ def _select(t: Optional[torch.Tensor], b_idx, h_idx) -> Optional[torch.Tensor]:
 
 
 def reference_f64(q, k, v, *, causal: bool, bias=None, kpm=None, dout=None, bias_grad: bool = False,
-                  max_chunk_bytes: float = 2**30):
+                  dropout=None, max_chunk_bytes: float = 2**30):
     """float64 attention (and its gradients when dout is given) over query chunks.
 
     Returns out, or (out, dq, dk, dv, dbias). Causal is aligned bottom-right, as fastattn.attention (equal to
@@ -85,13 +85,15 @@ def reference_f64(q, k, v, *, causal: bool, bias=None, kpm=None, dout=None, bias
             m = m.view(1, 1, e - a, sk)
             cb = m if cb is None else cb + m
         qc = q[:, :, a:e]
-        out_c, lse_c = reference.attention(qc, k, v, causal=False, scale=scale, bias=cb, key_padding_mask=kpm)
+        z = None if dropout is None else dropout(a, e)
+        out_c, lse_c = reference.attention(qc, k, v, causal=False, scale=scale, bias=cb, key_padding_mask=kpm,
+                                           dropout_factor=z)
         outs.append(out_c)
         if do is not None:
             want_db = bias_grad and bias is not None
             dq_c, dk_c, dv_c, db_c = reference.attention_backward(
                 do[:, :, a:e], qc, k, v, out_c, lse_c, causal=False, scale=scale, bias=cb, key_padding_mask=kpm,
-                bias_requires_grad=want_db)
+                bias_requires_grad=want_db, dropout_factor=z)
             dqs.append(dq_c)
             dk += dk_c
             dv += dv_c
@@ -123,7 +125,8 @@ def _check(inp: dict, out) -> float:
         kpm = inp.get("kpm")
         kpm = None if kpm is None else kpm[bi]
         inp["_ref"] = reference_f64(sel["q"], sel["k"], sel["v"], causal=inp["causal"], bias=sel["bias"], kpm=kpm,
-                                    dout=sel["dout"], bias_grad=inp.get("bias_grad", False))
+                                    dout=sel["dout"], bias_grad=inp.get("bias_grad", False),
+                                    dropout=_dropout_factors(inp, bi, hi))
     ref = inp["_ref"]
     if isinstance(ref, torch.Tensor):
         return max_rel_err([_select(out, bi, hi)], [ref])
@@ -133,6 +136,22 @@ def _check(inp: dict, out) -> float:
         outs.append(_select(out[3], bi, hi))
         refs.append(ref[4])
     return max_rel_err(outs, refs)
+
+
+def _dropout_factors(inp: dict, bi, hi):
+    """For a dropout case: (a, e) -> the dropout factors of the slice's batches bi and heads hi, query rows
+    a..e, from the (p, seed, offset) every provider's call draws (see _dropout_inputs)."""
+    if "dropout" not in inp:
+        return None
+    p, seed, offset = inp["dropout"]
+    h, sk = inp["q"].shape[1], inp["k"].shape[2]
+    bh = bi.view(-1, 1) * h + hi.view(1, -1)
+
+    def factors(a, e):
+        rows = torch.arange(a, e, device=bh.device)
+        keep = reference.dropout_keep_at(bh, rows, sk, p, seed, offset)
+        return keep.to(torch.float64) * (1.0 / (1.0 - p))
+    return factors
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -398,4 +417,103 @@ def mask_cases(opts: Options) -> List[Case]:
                         providers=provs, check=_check, flops=flops, metric="tflops", x="S",
                         group_by=("variant", "D", "dtype"), weight=flops / 1e12 + 3,
                         notes=["FLOPs are counted dense (as without the mask), halved for causal."]))
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention dropout: its cost over the same call without it (the target: at most 15%, as FlashAttention's)
+# ----------------------------------------------------------------------------------------------------------
+
+DROPOUT_P = 0.1
+DROPOUT_SEQS_FULL = [1024, 4096, 16384]
+DROPOUT_SEQS_QUICK = [4096]
+
+
+def _dropout_inputs(b, h, s, d, dtype, causal: bool, passname: str, seed: int, p: float):
+    """q, k, v (+ dout), and a fixed state of torch's default CPU generator that every provider restores before
+    its call, so that each call draws the same dropout (seed, offset) (recorded for the float64 check)."""
+    def make(device):
+        from fastattn.ops.attention import dropout_seed
+        inp = _qkv_inputs(b, h, s, d, dtype, causal, passname, seed)(device)
+        inp["rng_state"] = torch.Generator().manual_seed(seed + 5).get_state()
+        saved = torch.get_rng_state()
+        try:
+            torch.set_rng_state(inp["rng_state"])
+            drop_seed, drop_offset = dropout_seed()  # what fastattn.attention draws right after the restore
+        finally:
+            torch.set_rng_state(saved)
+        inp["dropout"] = (p, drop_seed, drop_offset)
+        return inp
+    return make
+
+
+def _fastattn_dropout(passname: str, p: float):
+    """fastattn.attention with dropout p (or, p = 0, the same call without dropout, the cost's baseline)."""
+    def make(backend: str):
+        def build(inp):
+            if backend == "torch":
+                _reference_memory(inp, passname, "the torch reference", 24, 52)
+            state = inp["rng_state"]
+
+            def fwd():
+                torch.set_rng_state(state)  # the same draw every call (both variants do it, so it cancels)
+                return fastattn.attention(inp["q"], inp["k"], inp["v"], causal=inp["causal"], dropout_p=p,
+                                          backend=backend)
+            if passname == "fwd":
+                return fwd
+            return _grads_fn(fwd(), inp)
+        return build
+    return make
+
+
+def _sdpa_dropout_provider(passname: str, p: float) -> Provider:
+    def build(inp):
+        be = _sdpa_backends()["sdpa-flash"]
+        q, k, v = inp["q"], inp["k"], inp["v"]
+        _sdpa_call(be, q, k, v, is_causal=inp["causal"], dropout_p=p)
+
+        def fwd():
+            return _sdpa_call(be, q, k, v, is_causal=inp["causal"], dropout_p=p)
+        if passname == "fwd":
+            return fwd
+        return _grads_fn(fwd(), inp)
+    return Provider("sdpa-flash dropout", "baseline", build, checked=False,
+                    note="PyTorch's own dropout stream: not the same mask, so no error column")
+
+
+def dropout_cases(opts: Options) -> List[Case]:
+    cases = []
+    if opts.cpu:
+        shapes = [(2, 3, 97, 64)]
+    else:
+        dims = opts.head_dims or ([128] if opts.quick else [64, 128])
+        seqs = opts.seqlens or (DROPOUT_SEQS_QUICK if opts.quick else DROPOUT_SEQS_FULL)
+        shapes = [(max(1, TOKENS // s), max(1, HIDDEN // d), s, d) for d in dims for s in seqs]
+    for passname in ("fwd", "bwd"):
+        if not opts.keep_pass(passname):
+            continue
+        for dt in opts.dtype_list(["bf16"]):
+            if dt not in DTYPES:
+                continue
+            for b, h, s, d in shapes:
+                for causal in ((False,) if opts.quick and not opts.cpu else (False, True)):
+                    provs = ours("fastattn-{}", ("triton", "cuda", "torch"), _fastattn_dropout(passname, DROPOUT_P))
+                    base = ours("fastattn-{} no dropout", ("triton", "cuda"), _fastattn_dropout(passname, 0.0),
+                                kind="baseline")
+                    for prov in base:
+                        prov.checked = False  # a different function (no dropout): no error column
+                    provs += base + [_sdpa_dropout_provider(passname, DROPOUT_P)]
+                    params = {"pass": passname, "B": b, "H": h, "S": s, "D": d, "causal": causal, "dtype": dt,
+                              "p": DROPOUT_P}
+                    flops = formulas.attention_flops(passname, b, h, s, s, d, causal)
+                    cases.append(Case(
+                        section=f"dropout_{passname}", label=f"p={DROPOUT_P} B={b} H={h} S={s} D={d}"
+                                                 f"{' causal' if causal else ''} {dt}",
+                        params=params,
+                        make_inputs=_dropout_inputs(b, h, s, d, DTYPES[dt], causal, passname, s + d + 11, DROPOUT_P),
+                        providers=provs, check=_check, flops=flops, metric="tflops", x="S",
+                        group_by=("D", "causal", "dtype"), weight=flops / 1e12 + 2,
+                        notes=[f"Dropout cost = time of ours with p = {DROPOUT_P} over the 'no dropout' baseline of "
+                               "the same backend (target: at most 1.15x, i.e. a speedup over it of at least 0.87). "
+                               "FLOPs counted as without dropout."]))
     return cases

@@ -18,7 +18,7 @@ ANCHOR_CEILINGS = {"card": "H200 (docs/benchmarks.md, 2026-11-26)", "copy_gbps":
                    "h100_copy_gbps": "3000-3350"}
 ENV_COLUMNS = ("gpu", "driver", "torch", "triton", "cuda_runtime", "git_sha", "date")
 # The report reads from attention down; the run order (runner.SECTIONS) puts the cheap sections first instead.
-REPORT_ORDER = ("attention_fwd", "attention_bwd", "mask_fwd", "mask_bwd", "decode", "softmax", "sampling", "e2e")
+REPORT_ORDER = ("attention_fwd", "attention_bwd", "mask_fwd", "mask_bwd", "dropout_fwd", "dropout_bwd", "decode", "softmax", "sampling", "e2e")
 
 
 def _ms(ms: Optional[float]) -> str:

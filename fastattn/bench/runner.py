@@ -22,13 +22,16 @@ from fastattn import BackendUnavailable
 from . import attention, decode, formulas, models, sampling, softmax, timing
 from .core import Case, Options, Provider, Skipped, Unavailable
 
-SECTIONS = ("softmax", "sampling", "decode", "attention_fwd", "attention_bwd", "mask_fwd", "mask_bwd", "e2e")
+SECTIONS = ("softmax", "sampling", "decode", "attention_fwd", "attention_bwd", "mask_fwd", "mask_bwd",
+            "dropout_fwd", "dropout_bwd", "e2e")
 SECTION_TITLES = {
     "attention_fwd": "Attention forward",
     "attention_bwd": "Attention backward",
     "decode": "Decode attention (one query token, KV cache)",
     "mask_fwd": "Attention with masks and biases, forward",
     "mask_bwd": "Attention with a learnable bias, backward",
+    "dropout_fwd": "Attention with dropout, forward, against the same call without it",
+    "dropout_bwd": "Attention with dropout, backward, against the same call without it",
     "softmax": "Softmax with temperature",
     "sampling": "Sampling (temperature, top-k, top-p)",
     "e2e": "End-to-end models",
@@ -39,13 +42,14 @@ OP_ALIASES = {
     "mask": ("mask_fwd", "mask_bwd"),
     "masks": ("mask_fwd", "mask_bwd"),
     "bias": ("mask_fwd", "mask_bwd"),
+    "dropout": ("dropout_fwd", "dropout_bwd"),
     "models": ("e2e",),
     "model": ("e2e",),
     "sample": ("sampling",),
 }
 # Shares of the quick-mode budget (the time left is split again at the start of each section).
 QUICK_SHARES = {"softmax": 1.2, "sampling": 0.4, "decode": 0.5, "attention_fwd": 1.5, "attention_bwd": 1.5,
-                "mask_fwd": 1.4, "mask_bwd": 0.8, "e2e": 1.2}
+                "mask_fwd": 1.4, "mask_bwd": 0.8, "dropout_fwd": 0.3, "dropout_bwd": 0.3, "e2e": 1.2}
 
 
 def sections_for(ops: Optional[List[str]]) -> List[str]:
@@ -71,6 +75,8 @@ def plan(opts: Options, ops: Optional[List[str]] = None) -> Tuple[List[Case], Li
         cases += attention.plain_cases(opts)
     if "mask_fwd" in sections or "mask_bwd" in sections:
         cases += attention.mask_cases(opts)
+    if "dropout_fwd" in sections or "dropout_bwd" in sections:
+        cases += attention.dropout_cases(opts)
     if "decode" in sections:
         cases += decode.cases(opts)
     if "softmax" in sections:
