@@ -38,6 +38,7 @@
 // ---- end cudasmp ----
 #include "testing/primitives_test.h"
 #include "testing/cluster_test.h"  // cuda-cluster
+#include "testing/wgmma_test.h"
 
 namespace fastattn {
 namespace {
@@ -742,6 +743,36 @@ at::Tensor test_cluster_reduce_cuda(const at::Tensor& x, int64_t cluster, int64_
   return out;
 }
 // ---- end cuda-cluster ----
+// _test_wgmma_cuda(a (64 W, k), b (k, n), c (64 W, n) f32 or None, warpgroups W, a_mode, b_mode, planted)
+// -> a @ b (+ c) (64 W, n) f32 by wgmma.m64nNk16 (csrc/testing/wgmma_test.h; sm_90 GPUs or the emulation).
+at::Tensor test_wgmma_cuda(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c,
+                           int64_t warpgroups, int64_t a_mode, int64_t b_mode, int64_t planted) {
+  constexpr const char* op = "_test_wgmma_cuda";
+  TORCH_CHECK(warpgroups == 1 || warpgroups == 2, "fastattn::", op, ": warpgroups must be 1 or 2, got ", warpgroups);
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == 64 * warpgroups && a.size(1) == b.size(0), "fastattn::",
+              op, ": a and b must be (64 * warpgroups, k) and (k, n), got shapes ", a.sizes(), " and ", b.sizes());
+  const int64_t k = a.size(1), n = b.size(1);
+  TORCH_CHECK(k >= 16 && k <= 64 && k % 16 == 0, "fastattn::", op, ": k must be 16, 32, 48 or 64, got ", k);
+  TORCH_CHECK(n == 8 || n == 64 || n == 128 || n == 256, "fastattn::", op, ": n must be 8, 64, 128 or 256, got ", n);
+  check_test_tensor(a, op, "a", {a.size(0), k});
+  check_test_tensor(b, op, "b", {k, n});
+  const DType dtype = mma_dtype(a, b, op);
+  if (c.has_value()) check_accumulator(*c, a, op, {a.size(0), n});
+  TORCH_CHECK(a_mode >= 0 && a_mode < testing::kWgmmaModes && !(a_mode >= 4 && a_mode <= 7), "fastattn::", op,
+              ": a_mode must be 0-3 (K-major shared memory) or 8 (registers), got ", a_mode);
+  TORCH_CHECK(b_mode >= 0 && b_mode < 8, "fastattn::", op, ": b_mode must be in [0, 8), got ", b_mode);
+  TORCH_CHECK(planted >= 0 && planted <= testing::kWgOverwriteEarly, "fastattn::", op, ": planted must be in [0, ",
+              testing::kWgOverwriteEarly, "], got ", planted);
+  const DeviceGuard guard(a.device());
+  at::Tensor d = at::empty({a.size(0), n}, a.options().dtype(at::kFloat)).fill_(NAN);
+  check_cuda(testing::wgmma_test(a.const_data_ptr(), b.const_data_ptr(),
+                                 c.has_value() ? c->const_data_ptr<float>() : nullptr, d.mutable_data_ptr<float>(),
+                                 static_cast<int>(warpgroups), static_cast<int>(k), static_cast<int>(n), dtype,
+                                 static_cast<int>(a_mode), static_cast<int>(b_mode), static_cast<int>(planted),
+                                 current_stream(a)),
+             op);
+  return d;
+}
 
 }  // namespace
 }  // namespace fastattn
@@ -769,6 +800,7 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   m.def("_test_cp_async_cuda(Tensor src, int bytes, bool planted_missing_wait) -> Tensor");
   m.def("_test_gemm_cuda(Tensor a, Tensor b, int planted) -> Tensor");
   m.def("_test_cluster_reduce_cuda(Tensor x, int cluster, int mode) -> Tensor");  // cuda-cluster
+  m.def("_test_wgmma_cuda(Tensor a, Tensor b, Tensor? c, int warpgroups, int a_mode, int b_mode, int planted) -> Tensor");
 }
 
 #if defined(FASTATTN_EMULATE)
@@ -791,6 +823,7 @@ TORCH_LIBRARY_IMPL(fastattn, FASTATTN_KERNEL_KEY, m) {
   m.impl("_test_cp_async_cuda", &fastattn::test_cp_async_cuda);
   m.impl("_test_gemm_cuda", &fastattn::test_gemm_cuda);
   m.impl("_test_cluster_reduce_cuda", &fastattn::test_cluster_reduce_cuda);  // cuda-cluster
+  m.impl("_test_wgmma_cuda", &fastattn::test_wgmma_cuda);
 }
 
 #if !defined(FASTATTN_EMULATE)

@@ -5,6 +5,7 @@
 
 #include "attention/attn_fwd.h"
 #include "attention/attn_fwd_launch.h"
+#include "attention/attn_fwd_sm90.h"
 
 namespace fastattn {
 
@@ -40,6 +41,8 @@ static cudaError_t attn_fwd_dim(const AttnFwdParams& params, int head_dim, cudaS
 }
 
 cudaError_t attn_fwd(const AttnFwdParams& params, DType dtype, int head_dim, cudaStream_t stream) {
+  // Hopper path (wgmma), behind FASTATTN_CUDA_HOPPER=1 (attn_fwd_sm90.h); the mma.sync kernel otherwise.
+  if (attn_fwd_sm90_enabled(params, dtype, head_dim)) return attn_fwd_sm90(params, dtype, head_dim, stream);
   switch (dtype) {
     case DType::kFloat16:
       return attn_fwd_dim<__half>(params, head_dim, stream);

@@ -88,6 +88,15 @@ void on_thread_exit(void (*fn)(void*), void* arg);  // called (last registered f
 // Aborts the process with a printf-style message plus the kernel, block, thread and schedule.
 [[noreturn]] void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 const char* kernel_name();  // of the kernel now running ("" outside a launch)
+// ---- Warpgroup-level primitives (wgmma emulation, csrc/common/wgmma.cuh) ---------------------------------------
+// A rendezvous of the block's threads [first, first + count) (whole warps; the caller one of them): every one of
+// them must arrive at the same `what` and file:line; one that exited, or a thread of the range at another
+// rendezvous, aborts naming both. Threads outside the range are not involved.
+void group_sync_point(int first, int count, const char* what, const char* file = __builtin_FILE(),
+                      int line = __builtin_LINE());
+int thread_linear_id();     // threadIdx's linear index
+int block_thread_count();   // blockDim.x * blockDim.y * blockDim.z
+size_t dynamic_shared_bytes();  // of the launch (the buffer detail::dynamic_shared() points to)
 
 // ---- Runtime state read by the builtins below -----------------------------------------------------------------
 namespace detail {

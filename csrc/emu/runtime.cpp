@@ -82,7 +82,7 @@ dim3 g_grid_dim;
 
 namespace {
 
-enum class State { kReady, kAtBarrier, kAtWarp, kDone, kAtCluster };
+enum class State { kReady, kAtBarrier, kAtWarp, kDone, kAtCluster, kAtGroup };
 enum class Schedule { kForward = 0, kReversed, kRandom, kWarpGreedy, kRotate };
 const char* const kScheduleNames[] = {"forward", "reversed", "random", "warp_greedy", "rotate"};
 
@@ -124,11 +124,19 @@ struct Warp {
   unsigned char* scratch = nullptr;
 };
 
+struct ThreadGroupWait {  // one group_sync_point in progress: threads [first, first + count) of a CTA
+  int first = 0, count = 0, arrived = 0;
+  const char* what = "";
+  const char* file = "";
+  int line = 0;
+};
+
 // One CTA of the cluster in progress (a launch without a cluster shape is a cluster of one CTA).
 struct Cta {
   uint3 bidx = {0, 0, 0};
   int first = 0;  // index of its thread 0 in Run::threads
   std::vector<Warp> warps;
+  std::vector<ThreadGroupWait> group_waits;  // group_sync_point rendezvous in progress (disjoint ranges)
   int exited = 0;
   // the block barrier
   int bar_arrived = 0, bar_kind = 0, bar_acc = 0;
@@ -372,6 +380,10 @@ void thread_exit(Thread& t) {
     if (g.mask >> t.lane & 1u)
       failf("lane %d of warp %d exits while lanes %s wait for it at %s (%s:%d) with mask 0x%08x", t.lane, t.warp,
             lanes_of(g.arrived).c_str(), g.what, g.file, g.line, g.mask);
+  for (const ThreadGroupWait& gw : c.group_waits)
+    if (t.linear >= gw.first && t.linear < gw.first + gw.count)
+      failf("thread %d exits while %d of threads %d-%d wait for it at %s (%s:%d)", t.linear, gw.arrived, gw.first,
+            gw.first + gw.count - 1, gw.what, gw.file, gw.line);
   w.done |= 1u << t.lane;
   t.state = State::kDone;
   if (t.cl_waits > c.waits_at_exit) c.waits_at_exit = t.cl_waits;
@@ -421,6 +433,12 @@ void cta_exit(Cta& c) {
                       lanes_of(g.mask & ~g.arrived).c_str());
         msg += who + buf;
       }
+    for (const ThreadGroupWait& gw : c.group_waits) {
+      char buf[512];
+      std::snprintf(buf, sizeof buf, "threads %d-%d: %d of %d wait at %s (%s:%d)", gw.first, gw.first + gw.count - 1,
+                    gw.arrived, gw.count, gw.what, gw.file, gw.line);
+      msg += who + buf;
+    }
   }
   if (r.cl_arrived > 0 || cluster_threads_in(State::kAtCluster) != "none")
     msg += "\n  threads (" + cluster_threads_in(State::kAtCluster) + ") wait at barrier.cluster (" + r.cl_file + ":" +
@@ -511,6 +529,7 @@ void run_cluster(Run& r, const std::vector<uint3>& bidx) {
     }
     c.exited = 0;
     c.bar_arrived = 0;
+    c.group_waits.clear();
     c.done = false;
     c.waits_at_exit = 0;
     c.map_phase.assign(r.ncta, -1);
@@ -795,6 +814,47 @@ void* dynamic_shared() {
   return g_run->ctas[t.cta].smem;
 }
 
+// A rendezvous of the threads [first, first + count) of the caller's CTA (a warpgroup, a named barrier's
+// threads): strict like __syncthreads within the range (every thread of it must arrive at the same `what`).
+void group_sync_impl(int first, int count, const char* what, const char* file, int line) {
+  Thread& t = cur();
+  Run& r = *g_run;
+  Cta& c = r.ctas[t.cta];
+  if (first < 0 || count <= 0 || first + count > r.nthreads || first % 32 != 0 || count % 32 != 0)
+    failf("%s (%s:%d): threads %d-%d are not whole warps of this block of %d threads", what, file, line, first,
+          first + count - 1, r.nthreads);
+  if (t.linear < first || t.linear >= first + count)
+    failf("%s (%s:%d): the calling thread %d is not one of threads %d-%d", what, file, line, t.linear, first,
+          first + count - 1);
+  for (int i = first; i < first + count; ++i)
+    if (r.threads[c.first + i].state == State::kDone)
+      failf("%s (%s:%d): thread %d of threads %d-%d has exited; every one of them must arrive", what, file, line,
+            i, first, first + count - 1);
+  ThreadGroupWait* gw = nullptr;
+  for (ThreadGroupWait& h : c.group_waits) {
+    const bool overlap = first < h.first + h.count && h.first < first + count;
+    if (!overlap) continue;
+    if (h.first != first || h.count != count || std::strcmp(h.what, what) != 0 || h.line != line ||
+        std::strcmp(h.file, file) != 0)
+      failf("threads %d-%d reached different rendezvous: %d of threads %d-%d wait at %s (%s:%d), thread %d "
+            "reached %s (%s:%d) for threads %d-%d",
+            first, first + count - 1, h.arrived, h.first, h.first + h.count - 1, h.what, h.file, h.line, t.linear,
+            what, file, line, first, first + count - 1);
+    gw = &h;
+    break;
+  }
+  if (gw == nullptr) {
+    c.group_waits.push_back(ThreadGroupWait{first, count, 0, what, file, line});
+    gw = &c.group_waits.back();
+  }
+  t.state = State::kAtGroup;
+  if (++gw->arrived == count) {
+    for (int i = first; i < first + count; ++i) r.threads[c.first + i].state = State::kReady;
+    c.group_waits.erase(c.group_waits.begin() + (gw - c.group_waits.data()));
+  }
+  to_scheduler(t, false);
+}
+
 // ---- clusters ---------------------------------------------------------------------------------------------------
 int cluster_ctarank() { return cur().cta; }
 int cluster_nctarank() {
@@ -1000,6 +1060,18 @@ void fail(const char* fmt, ...) {
   detail::vfail(fmt, ap);
 }
 const char* kernel_name() { return detail::g_run != nullptr ? detail::g_run->kernel : ""; }
+void group_sync_point(int first, int count, const char* what, const char* file, int line) {
+  detail::group_sync_impl(first, count, what, file, line);
+}
+int thread_linear_id() { return detail::cur().linear; }
+int block_thread_count() {
+  detail::cur();
+  return detail::g_run->nthreads;
+}
+size_t dynamic_shared_bytes() {
+  detail::cur();
+  return detail::g_run->smem_bytes;
+}
 
 }  // namespace fastattn_emu
 

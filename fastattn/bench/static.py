@@ -34,7 +34,8 @@ compile fails. Triton spills are reported and listed, but do not fail (``--stric
 Results are cached by source hash (FASTATTN_STATIC_CACHE, default ~/.cache/fastattn/static), so a re-run
 without source changes compiles nothing. FASTATTN_STATIC_NVCC_FLAGS adds nvcc flags (e.g. -std=c++20). Missing
 nvcc or Triton: that half is skipped with a message. A .cu file may carry "fastattn-static: skip / matmul /
-no-matmul" (see MATMUL_PATTERN)."""
+no-matmul / sm90a-only" (see MATMUL_PATTERN; sm90a-only: compiled for
+sm_90a only, e.g. the wgmma kernels, which are trap stubs elsewhere)."""
 from __future__ import annotations
 
 import argparse
@@ -70,7 +71,7 @@ MATMUL_PATTERN = re.compile(r"(^|/)attention/|attn|attention|gemm|matmul|mma", r
 # Kernels of a matmul file that are elementwise or reductions by design, named for what they do: the attention
 # backward's preprocess (delta = rowsum(dO * O)) and flash-decoding's log-sum-exp combine of the splits.
 NO_MATMUL_KERNEL = re.compile(r"_(delta|combine)_kernel\b")
-_MARKER = re.compile(r"fastattn-static:\s*(skip|matmul|no-matmul)\b")
+_MARKER = re.compile(r"fastattn-static:\s*(skip|matmul|no-matmul|sm90a-only)\b")
 NVCC_FLAGS = ["-O3", "-lineinfo", "-std=c++17"]
 ARCHS = {90: "sm_90a", 80: "sm_80"}
 
@@ -376,6 +377,8 @@ def compile_cuda(src: Path, arch: int, tools: Tools, cache: Cache, headers: str)
     marks = _markers(src)
     if "skip" in marks:
         return [KernelRow("cuda", "(no kernels)", _rel(src), name, error="")]
+    if "sm90a-only" in marks and arch != 90:  # wgmma kernels: a trap stub in other device passes, never launched
+        return [KernelRow("cuda", "(sm_90a only)", _rel(src), name, error="")]
     extra = os.environ.get("FASTATTN_STATIC_NVCC_FLAGS", "").split()   # e.g. "-std=c++20 -DFOO"
     flags = NVCC_FLAGS + extra + [f"-arch={name}", "-cubin", "-Xptxas", "-v", "-I", str(CSRC), "-I",
                                   str(src.parent)]
