@@ -315,3 +315,22 @@ def test_fast_topk_path_and_its_fallback(ties):
     filt = torch.full((b, v), float("nan"), device=x.device)
     tsp._run(x, *_launcher_args(**params), 0, filt, True, **kw)
     assert_same_filter(filt, reference.top_k_top_p_filter(x, **params), "fast path")
+
+
+def test_v1_kernel_wide_rows_default_tiles():
+    """Rows wider than the fast kernel's 2048 lanes on the v1 kernel alone (per-row top-k, top-p alone,
+    top-k above the capacity with min-p), at the default tiles (v1: 1024 wide, several tiles and a partial
+    one): the reference's kept set and tokens."""
+    b, v = 3, 4100
+    x = _logits(b, v, seed=43)
+    seeds = _seeds(b, 44)
+    for params in (dict(top_k=torch.tensor([7, 0, 300], device=x.device), top_p=0.9),
+                   dict(temperature=0.7, top_p=0.8), dict(top_k=300, min_p=0.05)):
+        out = torch.empty(b, dtype=torch.int64, device=x.device)
+        assert tsp._run(x, *_launcher_args(**params), seeds, out, False) is None   # not the fast path
+        kept = reference.top_k_top_p_filter(x, **params) > -INF
+        assert kept[torch.arange(b, device=x.device), out].all(), f"a token outside the kept set: {params}"
+        assert torch.equal(out.cpu(), reference.sample(x.double(), seeds=seeds, **params).cpu()), params
+        filt = torch.full((b, v), float("nan"), device=x.device)
+        tsp._run(x, *_launcher_args(**params), 0, filt, True)
+        assert_same_filter(filt, reference.top_k_top_p_filter(x, **params), f"v1 wide {params}")
