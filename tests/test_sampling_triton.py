@@ -334,3 +334,21 @@ def test_v1_kernel_wide_rows_default_tiles():
         filt = torch.full((b, v), float("nan"), device=x.device)
         tsp._run(x, *_launcher_args(**params), 0, filt, True)
         assert_same_filter(filt, reference.top_k_top_p_filter(x, **params), f"v1 wide {params}")
+
+
+def test_fast_path_greedy_rows_across_tiles():
+    """Greedy rows (per-row temperature 0) on the fast kernel with several full tiles, an odd count (its last
+    tile read twice) and an even one, a maximum tied within one lane across tiles: the first index of the
+    max, as the reference; a sampled row beside them."""
+    for v in (250, 320):   # 64-wide tiles: 3 full + a partial one; 5 full, none partial
+        x = _logits(4, v, seed=45)
+        x[0, [198, 70]] = 9.0   # lane 6 in tiles 1 and 3: the lower index wins
+        x[1, v - 1] = 9.0       # in the last element
+        x[2, 5] = 9.0           # in the first tile
+        t = torch.tensor([0.0, 0.0, 0.0, 0.9], device=_dev())
+        seeds = _seeds(4, 46)
+        out = torch.empty(4, dtype=torch.int64, device=x.device)
+        assert tsp._run(x, *_launcher_args(temperature=t, top_k=3), seeds, out, False, block=64) is not None
+        assert out[:3].cpu().tolist() == [70, v - 1, 5]
+        ref = reference.sample(x.double(), temperature=t, top_k=3, seeds=seeds)
+        assert out.cpu().tolist() == ref.cpu().tolist()
