@@ -352,3 +352,18 @@ def test_fast_path_greedy_rows_across_tiles():
         assert out[:3].cpu().tolist() == [70, v - 1, 5]
         ref = reference.sample(x.double(), temperature=t, top_k=3, seeds=seeds)
         assert out.cpu().tolist() == ref.cpu().tolist()
+
+
+@pytest.mark.parametrize("v", [2, 3, 5, 16, 17])
+def test_tiny_rows_scalar_top_k(v):
+    """Scalar top-k on rows of a few logits (tiles under 16 lanes take the v1 kernel, 16 and more the fast
+    one): the reference's tokens and kept set."""
+    x = _logits(3, v, seed=47 + v)
+    seeds = _seeds(3, 48)
+    for k in (1, 2):
+        if k >= v:
+            continue
+        params = dict(temperature=0.8, top_k=k, top_p=0.9)
+        out = _kernel_sample(x, seeds, {}, **params)
+        assert torch.equal(out.cpu(), reference.sample(x.double(), seeds=seeds, **params).cpu()), (v, k)
+        assert_same_filter(_kernel_filter(x, {}, **params), reference.top_k_top_p_filter(x, **params), f"{v} {k}")

@@ -831,8 +831,9 @@ def _run(logits: Tensor, temperature_t, temperature, top_k_t, top_k, top_p_t, to
     use_p = has_p or pv < 1.0
     use_mp = has_mp or mv > 0.0
     has_seed_t = isinstance(seeds, Tensor)
-    # The fast top-k path: one k for every row, within the candidate capacity and the lane count.
-    fast = (not has_k) and 0 < kv < v and kv <= cap and kv <= block
+    # The fast top-k path: one k for every row, within the candidate capacity and the lane count (and
+    # tiles of at least 16 lanes: its lane list counts 4 adjacent lanes at a time).
+    fast = (not has_k) and 0 < kv < v and kv <= cap and kv <= block and block >= 16
     dummy = out  # never read where a scalar is used
     ws = torch.empty((b, 2 * cap) if (use_k or use_p) else (1,), dtype=torch.int64, device=dev)
     flags = torch.empty((b,) if fast else (1,), dtype=torch.int32, device=dev)
