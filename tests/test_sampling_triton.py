@@ -315,3 +315,55 @@ def test_fast_topk_path_and_its_fallback(ties):
     filt = torch.full((b, v), float("nan"), device=x.device)
     tsp._run(x, *_launcher_args(**params), 0, filt, True, **kw)
     assert_same_filter(filt, reference.top_k_top_p_filter(x, **params), "fast path")
+
+
+def test_v1_kernel_wide_rows_default_tiles():
+    """Rows wider than the fast kernel's 2048 lanes on the v1 kernel alone (per-row top-k, top-p alone,
+    top-k above the capacity with min-p), at the default tiles (v1: 1024 wide, several tiles and a partial
+    one): the reference's kept set and tokens."""
+    b, v = 3, 4100
+    x = _logits(b, v, seed=43)
+    seeds = _seeds(b, 44)
+    for params in (dict(top_k=torch.tensor([7, 0, 300], device=x.device), top_p=0.9),
+                   dict(temperature=0.7, top_p=0.8), dict(top_k=300, min_p=0.05)):
+        out = torch.empty(b, dtype=torch.int64, device=x.device)
+        assert tsp._run(x, *_launcher_args(**params), seeds, out, False) is None   # not the fast path
+        kept = reference.top_k_top_p_filter(x, **params) > -INF
+        assert kept[torch.arange(b, device=x.device), out].all(), f"a token outside the kept set: {params}"
+        assert torch.equal(out.cpu(), reference.sample(x.double(), seeds=seeds, **params).cpu()), params
+        filt = torch.full((b, v), float("nan"), device=x.device)
+        tsp._run(x, *_launcher_args(**params), 0, filt, True)
+        assert_same_filter(filt, reference.top_k_top_p_filter(x, **params), f"v1 wide {params}")
+
+
+def test_fast_path_greedy_rows_across_tiles():
+    """Greedy rows (per-row temperature 0) on the fast kernel with several full tiles, an odd count (its last
+    tile read twice) and an even one, a maximum tied within one lane across tiles: the first index of the
+    max, as the reference; a sampled row beside them."""
+    for v in (250, 320):   # 64-wide tiles: 3 full + a partial one; 5 full, none partial
+        x = _logits(4, v, seed=45)
+        x[0, [198, 70]] = 9.0   # lane 6 in tiles 1 and 3: the lower index wins
+        x[1, v - 1] = 9.0       # in the last element
+        x[2, 5] = 9.0           # in the first tile
+        t = torch.tensor([0.0, 0.0, 0.0, 0.9], device=_dev())
+        seeds = _seeds(4, 46)
+        out = torch.empty(4, dtype=torch.int64, device=x.device)
+        assert tsp._run(x, *_launcher_args(temperature=t, top_k=3), seeds, out, False, block=64) is not None
+        assert out[:3].cpu().tolist() == [70, v - 1, 5]
+        ref = reference.sample(x.double(), temperature=t, top_k=3, seeds=seeds)
+        assert out.cpu().tolist() == ref.cpu().tolist()
+
+
+@pytest.mark.parametrize("v", [2, 3, 5, 16, 17])
+def test_tiny_rows_scalar_top_k(v):
+    """Scalar top-k on rows of a few logits (tiles under 16 lanes take the v1 kernel, 16 and more the fast
+    one): the reference's tokens and kept set."""
+    x = _logits(3, v, seed=47 + v)
+    seeds = _seeds(3, 48)
+    for k in (1, 2):
+        if k >= v:
+            continue
+        params = dict(temperature=0.8, top_k=k, top_p=0.9)
+        out = _kernel_sample(x, seeds, {}, **params)
+        assert torch.equal(out.cpu(), reference.sample(x.double(), seeds=seeds, **params).cpu()), (v, k)
+        assert_same_filter(_kernel_filter(x, {}, **params), reference.top_k_top_p_filter(x, **params), f"{v} {k}")

@@ -13,24 +13,29 @@ Every filter keeps an upper set {z >= tau}, so the kernel looks for thresholds, 
   e_i = exp(z_i - max z), is < top_p * S_k, S_k = sum_{z_i >= tau_k} e_i (a mass criterion);
 - min-p keeps z - max z >= log(min_p), evaluated per element exactly as the reference does.
 
-Fast top-k path (v2; one scalar 0 < k <= CAP for every row, k <= BLOCK): a first launch (FAST) reads
-each row twice with a handful of instructions per logit and no division. Since T > 0 is finite, z = x / T
-orders like x, so
-  pass 1 on the raw x: per lane (BLOCK lanes) the max and its first index, and a NaN count; max z is the
-      max x divided once;
-  Lx = the k-th largest of the BLOCK lane maxima (a 32-step bisection of plain counts): the k lanes above it
-      hold k distinct elements, so the k-th largest x is >= Lx, and {x >= Lx} is ~k elements when k << BLOCK;
-  compaction pass: the indices of x >= xc (xc a relative 2^-20 below Lx, so that nothing below xc can tie
-      in z with a kept element; checked: z(xc) < z(Lx)) go to fixed slots (the r-th candidate of a lane to
-      slot r * lanes + lane rank; only lanes whose max is >= xc hold any), no scan per tile;
-  registers: the (<= CAP) candidates are divided exactly, packed as key(z) << 32 | index and resolved by the
-      same pairwise code as below (tau_k, S_k, tau_p, min-p, draw), so tokens are the v1 path's.
-  A row it cannot resolve so (more than CAP candidates: wide tie groups or lane collisions at the threshold,
-  or a lane with more than its slots) is flagged, and a second launch of the v1 kernel (RESUME) redoes just
-  the flagged rows; the others read their flag and skip every pass. Other parameter sets use the v1 kernel
-  alone:
+Fast top-k path (v3; one scalar 0 < k <= CAP for every row, k <= BLOCK): a first launch (FAST, 4 warps)
+reads each row about once with a handful of instructions per logit and no division. Since T > 0 is finite,
+z = x / T orders like x, so
+  pass 1 on the raw x: per lane (BLOCK lanes) the max (NaN-propagating) and, if some row may be greedy, its
+      first index; two full tiles a step; max z is the max x divided once;
+  Lx: a lower bound of the k-th largest x with few elements above it. Over the maxima of G adjacent lanes
+      (G = 4 when k is small against the lanes and CAP, else 1), a bisection on the key value from
+      [min, max] that stops as soon as k..kmax of them are >= it (kmax = min(k + k/4 + 8, CAP/2); 4-6
+      steps on random rows, at most 32): the k groups above it hold k distinct elements, so the k-th
+      largest x is >= Lx, and {x >= Lx} is ~k..kmax elements;
+  gather: the indices of x >= xc (xc a relative 2^-20 below Lx, so that nothing below xc can tie in z with
+      a kept element; checked: z(xc) < z(Lx)), reading only the lanes whose max is >= xc (CAP lanes x TJ
+      tiles a step: once to count per lane, once to store at the lane's exclusive prefix);
+  registers: the (<= CAP) candidates are divided exactly and sorted by key(z) << 32 | index (tau_k = the
+      k-th, S_k, the mass above each one as an exclusive cumsum, tau_p, min-p), then the kept ones sorted
+      by index for the inverse-CDF draw in vocabulary order: the thresholds and the token rule of the v1
+      path below (sums in another order).
+  A row it cannot resolve so (more than CAP candidates or lanes: wide tie groups or lane collisions at the
+  threshold) is flagged, and a second launch of the v1 kernel (RESUME) redoes just the flagged rows; the
+  others read their flag and skip every pass. Other parameter sets use the v1 kernel alone:
 
-One program per row (grid (B,)), BLOCK-wide tiles of the row, several passes over it:
+One program per row (grid (B,)), V1_BLOCK-wide tiles of the row (BLOCK in the names below), several
+passes over it:
 
   pass 1 (one DRAM read): max m, S = sum e (online), first argmax, NaN / +inf counts, and a level-1 count
       histogram of z in NB linear bins of width W1 below "top" = (first tile's max) + HEADROOM.
@@ -84,13 +89,20 @@ HEADROOM = 24.0
 CAP = 128
 # Candidates are ranked against JC-wide chunks: (2 * CAP, JC) comparisons at a time.
 JC = 32
-# Tile width along the vocabulary, and warps: 8 fp32 per thread per per-lane accumulator. Compiled for sm_90
-# (no GPU run yet) this is the widest tile without register spills (255 registers, 1 program per SM); 4096
-# wide with 16 warps spills ~200 B per thread.
+# Tile width along the vocabulary, and warps. The fast kernel's pass 1 keeps one running max per lane
+# (2048 lanes). The v1 kernel works on V1_BLOCK-wide tiles with 8 warps, 4 fp32 per thread per per-lane
+# accumulator: compiled for sm_90a (no GPU run yet) 2048-wide tiles used 255 registers and spilled 40 B /
+# 80 B (its 512-bin histograms and zoom-pass accumulators); 1024-wide use 201, no spill, with the same SASS
+# per element (v3).
 BLOCK = 2048
+V1_BLOCK = 1024
 NUM_WARPS = 8
 # The fast path gathers its candidate lanes TJ tiles at a time ((CAP, TJ) elements per step).
 TJ = 16
+# Warps of the fast kernel: its straight-line selection and resolution work on vectors of CAP (128)
+# candidates and 512-2048 lane maxima, replicated over the warps beyond 4 (compiled for sm_90a, 4 warps
+# issue ~30% fewer warp-instructions per row than 8; the streaming loops cost the same per element).
+FAST_WARPS = 4
 # Zoom passes are bounded (each at least halves a 2^32 key interval, so ~33 suffice); never loops forever.
 MAX_ZOOM = 48
 
@@ -324,18 +336,23 @@ def _stats_pass(x_row, V, tdiv, n_tiles, m, BLOCK: tl.constexpr, NB: tl.constexp
 
 
 @triton.jit
-def _kth_largest_key(kv, k):
-    """The k-th largest of the int32 keys kv (1 <= k <= kv's length): a 32-step bisection on the key value,
-    each step one plain count (no sort, no histogram). Invariant: count(kv >= lo) >= k > count(kv > hi)."""
-    lo = tl.full([], _KEY_MIN, tl.int64)
-    hi = tl.full([], _KEY_MAX, tl.int64)
-    kv64 = kv.to(tl.int64)
-    for _s in tl.static_range(32):
+def _lower_threshold_key(kv, k, kmax, N: tl.constexpr):
+    """A key L of the N int32 keys kv (1 <= k <= N) with count(kv >= L) >= k, and <= kmax unless a tie at the
+    k-th largest key prevents it (then L is the k-th largest key exactly). Bisection on the key value from
+    [min kv, max kv], stopping as soon as the count is within [k, kmax]: ~log2(key range / window) steps
+    (4-6 on random rows at k = 50, kmax = 64), at most 32; each step one plain count (no sort, no histogram).
+    Invariant: count(kv >= lo) = cnt >= k > count(kv > hi)."""
+    lo = tl.min(kv, 0).to(tl.int64)
+    hi = tl.max(kv, 0).to(tl.int64)
+    cnt = tl.full([], N, tl.int32)
+    while (cnt > kmax) & (lo < hi):
         mid = lo + ((hi - lo + 1) >> 1)
-        ge = tl.sum((kv64 >= mid).to(tl.int32), 0) >= k
+        c = tl.sum((kv >= mid.to(tl.int32)).to(tl.int32), 0)
+        ge = c >= k
         lo = tl.where(ge, mid, lo)
+        cnt = tl.where(ge, c, cnt)
         hi = tl.where(ge, hi, mid - 1)
-    return lo
+    return lo.to(tl.int32)
 
 
 @triton.jit
@@ -346,9 +363,11 @@ def _gather_candidates(x_row, V, n_tiles, xc, lane_on, ws_row, CAP: tl.constexpr
     go to ws_row[0 : CAP]; then (CAP lanes, TJ tiles) gathers, once to count per lane, once to store at the
     lane's exclusive prefix (order: lane, then tile). Returns (candidates, lanes); every candidate is stored
     iff lanes <= CAP and candidates <= CAP."""
-    on = lane_on.to(tl.int32)
-    n_l = tl.sum(on, 0)
-    rank = tl.cumsum(on, 0) - on
+    # The lanes' exclusive prefix count: within groups of 4 adjacent lanes (one thread's), then across.
+    on = tl.reshape(lane_on.to(tl.int32), [BLOCK // 4, 4])
+    on_q = tl.sum(on, 1)
+    rank = tl.reshape((tl.cumsum(on_q, 0) - on_q)[:, None] + tl.cumsum(on, 1) - on, [BLOCK])
+    n_l = tl.sum(on_q, 0)
     lanes = tl.arange(0, BLOCK)
     tl.store(ws_row + rank, lanes.to(tl.int64), mask=lane_on & (rank < CAP))
     tl.debug_barrier()
@@ -562,7 +581,7 @@ def _sampling_kernel(
     seed_ptr, seed_val, out_ptr, ws_ptr, flag_ptr,
     HAS_SEED_T: tl.constexpr, HAS_T_T: tl.constexpr, HAS_K_T: tl.constexpr, HAS_P_T: tl.constexpr, HAS_MP_T: tl.constexpr,
     USE_K: tl.constexpr, USE_P: tl.constexpr, USE_MP: tl.constexpr, FILTER: tl.constexpr,
-    FAST: tl.constexpr, RESUME: tl.constexpr, NEED_AMAX: tl.constexpr, TJ: tl.constexpr,
+    FAST: tl.constexpr, RESUME: tl.constexpr, NEED_AMAX: tl.constexpr, TJ: tl.constexpr, G: tl.constexpr,
     BLOCK: tl.constexpr, NB: tl.constexpr, W1: tl.constexpr, HEADROOM: tl.constexpr, CAP: tl.constexpr,
     JC: tl.constexpr, MAX_ZOOM: tl.constexpr,
 ):
@@ -607,14 +626,22 @@ def _sampling_kernel(
         mx_v = tl.full([BLOCK], float("-inf"), tl.float32)
         a_v = tl.zeros([BLOCK], tl.int32)
         n_full = V // BLOCK
-        x_next = tl.load(x_row + cols, mask=(cols < V) & (n_full > 0), other=float("-inf"))
-        for i in range(0, n_full):
-            x = x_next.to(tl.float32)
-            # Prefetch the next full tile: one scalar predicate, no per-element bound.
-            x_next = tl.load(x_row + (i + 1) * BLOCK + cols, mask=i + 1 < n_full, other=float("-inf"))
+        # Two full tiles a step, loads unmasked and issued a tile ahead: tile indices clamp to the last
+        # full tile, which an odd count reads once more (harmless: max and first argmax are idempotent).
+        last = tl.maximum(n_full - 1, 0)
+        xa = tl.load(x_row + cols, mask=(cols < V) & (n_full > 0), other=float("-inf"))
+        for i in range(0, n_full, 2):
+            ib = tl.minimum(i + 1, last)
+            xb = tl.load(x_row + ib * BLOCK + cols)
+            x = xa.to(tl.float32)
             if NEED_AMAX:
                 a_v = tl.where(x > mx_v, i * BLOCK + cols, a_v)   # strict: a lane keeps its first max
             mx_v = tl.maximum(mx_v, x, propagate_nan=tl.PropagateNan.ALL)   # NaN sticks: the row is bad
+            xa = tl.load(x_row + tl.minimum(i + 2, last) * BLOCK + cols)
+            x = xb.to(tl.float32)
+            if NEED_AMAX:
+                a_v = tl.where(x > mx_v, ib * BLOCK + cols, a_v)
+            mx_v = tl.maximum(mx_v, x, propagate_nan=tl.PropagateNan.ALL)
         o = n_full * BLOCK + cols   # the partial tail tile (if any), once
         x = tl.load(x_row + o, mask=o < V, other=float("-inf")).to(tl.float32)
         if NEED_AMAX:
@@ -631,33 +658,55 @@ def _sampling_kernel(
         w_kept = s
         need = tl.full([], 0, tl.int1)   # the row needs the v1 kernel
         if work & k_on:
-            # The k-th largest of the BLOCK lane maxima, Lx, is <= the row's k-th largest x (the k lanes
-            # above it hold k distinct elements), and {x >= Lx} is ~k elements when k << BLOCK. Candidates:
+            # Lx, with k..kmax of the (group) lane maxima at or above it, is <= the row's k-th largest x
+            # (the k groups above it hold k distinct elements), and {x >= Lx} is ~k..kmax elements. Candidates:
             # x >= xc, a relative 2^-20 below Lx, so that every x mapping to the same z as Lx is in; checked:
             # z(xc) < z(Lx) (else fall back), so no element below xc can tie with a kept one.
-            lx = _unkey(_kth_largest_key(_key(mx_v), k).to(tl.int32))
+            kv = _key(mx_v)
+            if G > 1:   # group maxima (G adjacent lanes, in one thread): a coarser, cheaper search
+                kv = tl.max(tl.reshape(kv, [BLOCK // G, G]), 1)
+            # Stop the search once k..kmax groups are above it: fewer steps, a few more candidates.
+            kmax = tl.maximum(k, tl.minimum(k + (k >> 2) + 8, CAP // 2))
+            lx = _unkey(_lower_threshold_key(kv, k, kmax, BLOCK // G))
             xc = lx - (tl.abs(lx) * 9.5367431640625e-07 + 1e-30)
             xc = tl.where(lx == float("-inf"), lx, xc)
             sep = (tl.math.div_rn(xc, tdiv) < tl.math.div_rn(lx, tdiv)) | (lx == float("-inf"))
             n_c, n_l = _gather_candidates(x_row, V, n_tiles, xc, mx_v >= xc, ws_row, CAP, BLOCK, TJ)
             if sep & (n_c >= k) & (n_c <= CAP) & (n_l <= CAP):
-                # Every element of the top-k set is a candidate: key(z) << 32 | index in their slots, z
-                # divided exactly here (at most CAP of them), then resolved as the zoom's register path
-                # does (its results do not depend on the slots' order).
+                # Every element of the top-k set is a candidate: z divided exactly here (at most CAP of
+                # them), key(z) << 32 | index in their slots, then ranked by value against the list
+                # (its results do not depend on the slots' order).
                 tl.debug_barrier()
                 jj = tl.arange(0, CAP)
                 okj = jj < n_c
                 idx = tl.load(ws_row + CAP + jj, mask=okj, other=0)
                 zj = tl.math.div_rn(tl.load(x_row + idx, mask=okj, other=0.0).to(tl.float32), tdiv)
-                tl.store(ws_row + CAP + jj, (_key(zj).to(tl.int64) << 32) | idx, mask=okj)
-                zero = tl.zeros([], tl.int32)
-                P, v, e, valid, rank, excl = _list_load(ws_row, zero, n_c, m, True, CAP, JC)
-                tau_k = tl.max(tl.where(valid & (rank == k - 1), v, float("-inf")), 0)
-                s_k = tl.sum(tl.where(valid & (v >= tau_k), e, 0.0), 0)
+                # z descending (ties: higher index first): one sort of the <= CAP candidates (valid first).
+                srt = tl.sort(tl.where(okj, (_key(zj).to(tl.int64) << 32) | idx, -9223372036854775808), 0,
+                              descending=True)
+                vs = tl.where(okj, _unkey((srt >> 32).to(tl.int32)), float("-inf"))
+                es = tl.where(okj, tl.exp(vs - m), 0.0)
+                tau_k = tl.max(tl.where(jj == k - 1, vs, float("-inf")), 0)   # the k-th largest z
+                s_k = tl.sum(tl.where(okj & (vs >= tau_k), es, 0.0), 0)
                 tau = tau_k
                 if p_on:
-                    tau, _w = _list_topp(v, e, valid, excl, tau_k, 0.0, p * s_k)
-                tok = _list_draw(ws_row, zero, n_c, P, v, e, valid, tau, mp_on, lmp, m, u, CAP, JC)
+                    # The mass before each candidate in that order; the first of a run of equal z has
+                    # exactly the mass strictly above it, so ties are kept or removed together.
+                    tau, _w = _list_topp(vs, es, okj, tl.cumsum(es, 0) - es, tau_k, 0.0, p * s_k)
+                # Inverse-CDF draw in vocabulary order over the kept candidates: sorted by index (their
+                # index << 32 | the bits of e), the first whose inclusive mass exceeds u * (kept mass).
+                kept = okj & (vs >= tau) & ((vs - m >= lmp) | (mp_on == 0))
+                ebits = es.to(tl.int32, bitcast=True).to(tl.int64)           # e >= 0: no sign bit
+                byi = tl.sort(tl.where(kept, ((srt & 0xFFFFFFFF) << 32) | ebits, 9223372036854775807), 0)
+                okd = byi != 9223372036854775807
+                ed = tl.where(okd, (byi & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
+                i32 = (byi >> 32).to(tl.int32)
+                cum = tl.cumsum(ed, 0)
+                target = u * tl.max(cum, 0)
+                first = tl.min(tl.where(okd & (cum > target), i32, 2147483647), 0)
+                # Rounding can leave no candidate above target: then the last kept one (e > 0).
+                last = tl.max(tl.where(okd & (ed > 0.0), i32, -1), 0)
+                tok = tl.where(first < 2147483647, first, last)
                 done = 2
             else:
                 # Many ties or lane collisions near the threshold: this row is left to the v1 kernel,
@@ -791,25 +840,31 @@ def _run(logits: Tensor, temperature_t, temperature, top_k_t, top_k, top_p_t, to
     use_p = has_p or pv < 1.0
     use_mp = has_mp or mv > 0.0
     has_seed_t = isinstance(seeds, Tensor)
-    # The fast top-k path: one k for every row, within the candidate capacity and the lane count.
-    fast = (not has_k) and 0 < kv < v and kv <= cap and kv <= block
+    # The fast top-k path: one k for every row, within the candidate capacity and the lane count (and
+    # tiles of at least 16 lanes: its lane list counts 4 adjacent lanes at a time).
+    fast = (not has_k) and 0 < kv < v and kv <= cap and kv <= block and block >= 16
     dummy = out  # never read where a scalar is used
     ws = torch.empty((b, 2 * cap) if (use_k or use_p) else (1,), dtype=torch.int64, device=dev)
     flags = torch.empty((b,) if fast else (1,), dtype=torch.int32, device=dev)
-    args = (logits, logits.stride(0), v, triton.cdiv(v, block),
-            tt if has_t else dummy, ts, tv, kt if has_k else dummy, ks, min(kv, 1 << 62),
-            pt if has_p else dummy, ps, pv, mt if has_mp else dummy, ms, mv,
-            seeds if has_seed_t else dummy, 0 if has_seed_t else int(seeds), out, ws, flags)
+    params = (tt if has_t else dummy, ts, tv, kt if has_k else dummy, ks, min(kv, 1 << 62),
+              pt if has_p else dummy, ps, pv, mt if has_mp else dummy, ms, mv,
+              seeds if has_seed_t else dummy, 0 if has_seed_t else int(seeds), out, ws, flags)
+    warps = NUM_WARPS if block >= 2048 else 4
+    v1_block = min(block, V1_BLOCK) if block >= 2048 else block
+    # The fast path searches the maxima of G adjacent lanes when the top k is small against both the lanes
+    # (few collisions among the top k) and the capacity (room for the extra candidates).
+    g = 4 if fast and 8 * kv <= block and 2 * kv <= cap else 1
     meta = dict(HAS_SEED_T=has_seed_t, HAS_T_T=has_t, HAS_K_T=has_k, HAS_P_T=has_p, HAS_MP_T=has_mp,
                 USE_K=use_k, USE_P=use_p, USE_MP=use_mp, FILTER=filter_mode, NEED_AMAX=has_t or tv == 0.0,
-                TJ=TJ,
-                BLOCK=block, NB=NB, W1=W1, HEADROOM=HEADROOM, CAP=cap, JC=min(JC, cap), MAX_ZOOM=MAX_ZOOM,
-                num_warps=NUM_WARPS if block >= 2048 else 4)
+                TJ=TJ, NB=NB, W1=W1, HEADROOM=HEADROOM, CAP=cap, JC=min(JC, cap), MAX_ZOOM=MAX_ZOOM)
     if fast:
         # The fast kernel resolves almost every row; the v1 kernel then redoes only the rows it flagged
         # (the others return after reading their flag). Stream order, no host sync.
-        _sampling_kernel[(b,)](*args, FAST=True, RESUME=False, maxnreg=168, **meta)
-    _sampling_kernel[(b,)](*args, FAST=False, RESUME=fast, **meta)
+        _sampling_kernel[(b,)](logits, logits.stride(0), v, triton.cdiv(v, block), *params, FAST=True,
+                               RESUME=False, G=g, BLOCK=block, num_warps=FAST_WARPS if block >= 2048 else warps,
+                               maxnreg=168, **meta)
+    _sampling_kernel[(b,)](logits, logits.stride(0), v, triton.cdiv(v, v1_block), *params, FAST=False,
+                           RESUME=fast, G=1, BLOCK=v1_block, num_warps=warps, **meta)
     return flags if fast else None
 
 
