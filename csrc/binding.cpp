@@ -200,8 +200,31 @@ at::Tensor softmax_bwd_cuda(const at::Tensor& dy, const at::Tensor& y, const std
   return dx;
 }
 
-// Checks shared by the sampling ops; returns the logits' DType. Per-row parameters: (rows,) contiguous,
-// float32 (int64 for top_k), on the logits' device, already clamped by fastattn/ops/sampling.py.
+// A per-row sampling parameter as the kernel reads it (csrc/sampling/sampling.h RowParam): a (rows,) tensor of
+// any stride or a 0-dim one (stride 0), float32/float64/float16/bfloat16 (int32/int64 for top_k), on x's device.
+// Not range-checked: the kernel clamps what it reads.
+RowParam sampling_row_param(const std::optional<at::Tensor>& t, const at::Tensor& x, bool integer, const char* op,
+                            const char* name) {
+  if (!t.has_value()) return RowParam{nullptr, 0, ParamType::kFloat32};
+  TORCH_CHECK(t->device() == x.device(), "fastattn::", op, ": ", name, " must be on ", x.device(), " like its input, got ",
+              t->device());
+  TORCH_CHECK(t->dim() == 0 || (t->dim() == 1 && t->size(0) == x.size(0)), "fastattn::", op, ": ", name,
+              " must be a 0-dim tensor or have shape (rows,) = (", x.size(0), "), got shape ", t->sizes());
+  const at::ScalarType st = t->scalar_type();
+  const bool ok = integer ? (st == at::kInt || st == at::kLong)
+                          : (st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16);
+  TORCH_CHECK(ok, "fastattn::", op, ": ", name, " must be ",
+              integer ? "int32 or int64" : "float32, float64, float16 or bfloat16", ", got ", st);
+  const ParamType type = st == at::kDouble     ? ParamType::kFloat64
+                         : st == at::kHalf     ? ParamType::kFloat16
+                         : st == at::kBFloat16 ? ParamType::kBFloat16
+                         : st == at::kInt      ? ParamType::kInt32
+                         : st == at::kLong     ? ParamType::kInt64
+                                               : ParamType::kFloat32;
+  return RowParam{t->const_data_ptr(), t->dim() == 0 ? 0 : t->stride(0), type};
+}
+
+// Checks shared by the sampling ops; returns the logits' DType. Per-row parameters: see sampling_row_param.
 DType check_sampling_args(const at::Tensor& logits, const std::optional<at::Tensor>& temperature_t,
                           const std::optional<at::Tensor>& top_k_t, const std::optional<at::Tensor>& top_p_t,
                           const std::optional<at::Tensor>& min_p_t, const char* op) {
@@ -211,11 +234,10 @@ DType check_sampling_args(const at::Tensor& logits, const std::optional<at::Tens
   const DType dtype = to_dtype(logits, op, "logits");
   TORCH_CHECK(logits.size(1) <= 1 || logits.stride(1) == 1, "fastattn::", op,
               ": logits must have stride 1 along V, got strides ", logits.strides(), "; call .contiguous() first");
-  const int64_t rows = logits.size(0);
-  check_row_param(temperature_t, logits, rows, at::kFloat, op, "temperature_t");
-  check_row_param(top_k_t, logits, rows, at::kLong, op, "top_k_t");
-  check_row_param(top_p_t, logits, rows, at::kFloat, op, "top_p_t");
-  check_row_param(min_p_t, logits, rows, at::kFloat, op, "min_p_t");
+  sampling_row_param(temperature_t, logits, false, op, "temperature_t");
+  sampling_row_param(top_k_t, logits, true, op, "top_k_t");
+  sampling_row_param(top_p_t, logits, false, op, "top_p_t");
+  sampling_row_param(min_p_t, logits, false, op, "min_p_t");
   return dtype;
 }
 
@@ -228,13 +250,14 @@ SamplingParams sampling_params(const at::Tensor& logits, const std::optional<at:
   p.rows = logits.size(0);
   p.vocab = logits.size(1);
   p.row_stride = logits.stride(0);
-  p.temperature = temperature_t.has_value() ? temperature_t->const_data_ptr<float>() : nullptr;
+  constexpr const char* op = "sampling";  // checked before (check_sampling_args)
+  p.temperature = sampling_row_param(temperature_t, logits, false, op, "temperature_t");
   p.temperature_val = static_cast<float>(temperature);
-  p.top_k = top_k_t.has_value() ? top_k_t->const_data_ptr<int64_t>() : nullptr;
+  p.top_k = sampling_row_param(top_k_t, logits, true, op, "top_k_t");
   p.top_k_val = top_k;
-  p.top_p = top_p_t.has_value() ? top_p_t->const_data_ptr<float>() : nullptr;
+  p.top_p = sampling_row_param(top_p_t, logits, false, op, "top_p_t");
   p.top_p_val = static_cast<float>(top_p);
-  p.min_p = min_p_t.has_value() ? min_p_t->const_data_ptr<float>() : nullptr;
+  p.min_p = sampling_row_param(min_p_t, logits, false, op, "min_p_t");
   p.min_p_val = static_cast<float>(min_p);
   return p;
 }

@@ -264,9 +264,9 @@ def sample(logits: Tensor, temperature_t: Optional[Tensor], temperature: float, 
            seeds) -> Tensor:
     """One token id per row of logits (B, V) fp32/fp16/bf16: int64 (B,), -1 for a NaN / non-finite row.
 
-    The same signature as fastattn.triton.sampling.sample: each *_t is None or a contiguous (B,) tensor
-    (float32; int64 for top_k), else the number beside it is used for every row; seeds is an int64 (B,) tensor
-    or one int for every row.
+    The same signature as fastattn.triton.sampling.sample: each *_t is None or a (B,) tensor of any stride (or
+    0-dim; any float dtype, int32/int64 for top_k) that the kernel clamps as it reads it, else the number beside
+    it is used for every row; seeds is an int64 (B,) tensor or one int for every row.
     """
     if _status is not True:
         _require()

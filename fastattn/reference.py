@@ -285,21 +285,35 @@ def softmax_backward(grad: Tensor, y: Tensor, temperature=1.0, dim: int = -1) ->
 # Sampling
 # ----------------------------------------------------------------------------------------------------------
 
+TINY = torch.finfo(torch.float32).tiny
+
+# Where every backend clamps a sampling parameter given as a tensor, as it loads it ((low, high), None:
+# unbounded): temperature below 0 is greedy, top_k below 0 is no top-k, top_p at or below 0 keeps the most
+# probable token only, min_p is taken in [0, 1]. NaN stays NaN (as torch.clamp keeps it). The public functions
+# range-check numbers instead (they raise); the kernels convert to float32 (int64 for top_k) before clamping.
+PARAM_RANGES = dict(temperature=(0.0, None), top_k=(0, None), top_p=(TINY, 1.0), min_p=(0.0, 1.0))
+
+
+def _sampling_param(name: str, value, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A sampling parameter (a number, or a (B,) or 0-dim tensor) as a (B,) tensor of dtype, clamped."""
+    return torch.clamp(_broadcast_to_batch(value, batch, dtype, device), *PARAM_RANGES[name])
+
+
 def top_k_top_p_filter(logits: Tensor, *, top_k=0, top_p=1.0, min_p=0.0, temperature=1.0) -> Tensor:
     """Logits / temperature with the tokens that top-k, then top-p, then min-p remove set to -inf.
 
     Float32 result (float64 for float64 logits). Rows with temperature 0 are greedy: they keep only the
     first maximal logit, undivided. A row with +inf logits keeps just those; a row holding NaN comes back all
-    NaN.
+    NaN. Tensor parameters are clamped into PARAM_RANGES.
     """
     b, v = logits.shape
     cd = _compute_dtype(logits)
     dev = logits.device
     x = logits.to(cd)
-    t = _broadcast_to_batch(temperature, b, cd, dev)
-    k = _broadcast_to_batch(top_k, b, torch.int64, dev)
-    p_top = _broadcast_to_batch(top_p, b, cd, dev)
-    p_min = _broadcast_to_batch(min_p, b, cd, dev)
+    t = _sampling_param("temperature", temperature, b, cd, dev)
+    k = _sampling_param("top_k", top_k, b, torch.int64, dev)
+    p_top = _sampling_param("top_p", top_p, b, cd, dev)
+    p_min = _sampling_param("min_p", min_p, b, cd, dev)
     greedy = t == 0
     z = x / torch.where(greedy, torch.ones_like(t), t).unsqueeze(1)
     neg_inf = torch.tensor(float("-inf"), dtype=cd, device=dev)

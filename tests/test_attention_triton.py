@@ -349,74 +349,91 @@ def test_unsupported_reasons():
 
 
 def test_block_shapes_few_fitting_and_a_fixed_pick():
-    """The GPU-only config tables, without a launch: at most four configs per pass and head-dim class; pruning
-    keeps the fitting ones in order (a pinned config outside every list stays); FASTATTN_TRITON_AUTOTUNE=0 picks
-    the first, for every head dim, dtype and causal; a full bias tile narrows the widest picks (they spilled)."""
-    for pass_ in ("fwd", "dq", "dkdv"):
-        configs = tri._all_configs(pass_)
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            f32 = dtype == torch.float32
-            for d in (16, 32, 64, 128, 256):
-                assert 1 <= len(tri._shape_list(pass_, d, f32)) <= 4
-                for bias_kind, bias_dtype in ((0, None), (2, dtype), (1, dtype), (1, torch.float32)):
-                    bias_esize = bias_dtype.itemsize if bias_kind == 1 else 0
-                    shapes = tri._shapes_for(pass_, d, f32, dtype.itemsize, bias_esize)
-                    assert shapes and set(shapes) <= set(tri._shape_list(pass_, d, f32))
-                    named = {"Q": torch.empty(1, dtype=dtype), "Bias": torch.empty(1, dtype=bias_dtype or dtype)}
-                    kept = tri._prune(configs, named, pass_=pass_, HEAD_DIM_PAD=d, COMPUTE_F32=f32,
-                                      BIAS_KIND=bias_kind)
-                    assert [tri._config_shape(c) for c in kept] == shapes
-                    for causal in (False, True):
-                        pick = tri.fixed_shape(pass_, d, dtype, causal, bias_esize)
-                        assert pick == shapes[0]
-                        # within an H100's 227 KB a block even when nothing fits the budget (D=256 with a bias)
-                        assert tri._smem_bytes(pass_, pick, d, dtype.itemsize, bias_esize) <= 227 * 1024
-        pinned = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2)]
-        assert tri._prune(pinned, {}, pass_=pass_, HEAD_DIM_PAD=64, COMPUTE_F32=False) == pinned
-    # A full bias tile never widens a pick: its score tile is at most the bias-free pick's.
-    for pass_ in ("fwd", "dq", "dkdv"):
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            for d in (16, 32, 64, 128, 256):
-                plain = tri.fixed_shape(pass_, d, dtype, False)
-                for bias_esize in (2, 4):
-                    biased = tri.fixed_shape(pass_, d, dtype, False, bias_esize)
-                    assert biased[0] * biased[1] <= plain[0] * plain[1], (pass_, d, dtype, bias_esize)
+    """The GPU-only config tables, without a launch, for each arch family (sm_90, sm_80) and with dropout or not:
+    at most four configs per pass and head-dim class; pruning keeps the fitting ones in order (a pinned config
+    outside every list stays); FASTATTN_TRITON_AUTOTUNE=0 picks the first, for every head dim, dtype and causal;
+    a full bias tile narrows the widest picks (they spilled)."""
+    for arch, dropout in ((90, False), (90, True), (80, False), (80, True)):
+        for pass_ in ("fwd", "dq", "dkdv"):
+            configs = tri._all_configs(pass_)
+            for dtype in (torch.bfloat16, torch.float16, torch.float32):
+                f32 = dtype == torch.float32
+                for d in (16, 32, 64, 128, 256):
+                    listed = tri._shape_list(pass_, d, f32, arch, dropout)
+                    assert 1 <= len(listed) <= 4
+                    for bias_kind, bias_dtype in ((0, None), (2, dtype), (1, dtype), (1, torch.float32)):
+                        bias_esize = bias_dtype.itemsize if bias_kind == 1 else 0
+                        shapes = tri._shapes_for(pass_, d, f32, dtype.itemsize, bias_esize, arch, dropout)
+                        assert shapes and set(shapes) <= set(listed)
+                        named = {"Q": torch.empty(1, dtype=dtype), "Bias": torch.empty(1, dtype=bias_dtype or dtype)}
+                        kept = tri._prune(configs, named, pass_=pass_, arch=arch, HEAD_DIM_PAD=d, COMPUTE_F32=f32,
+                                          BIAS_KIND=bias_kind, DROPOUT=dropout)
+                        assert [tri._config_shape(c) for c in kept] == shapes
+                        for causal in (False, True):
+                            pick = tri.fixed_shape(pass_, d, dtype, causal, bias_esize, arch, dropout)
+                            assert pick == shapes[0]
+                            # within a block's shared memory even when nothing fits the budget (D=256 with a bias)
+                            assert (tri._smem_bytes(pass_, pick, d, dtype.itemsize, bias_esize)
+                                    <= SMEM_PER_BLOCK[f"sm_{arch}"])
+            pinned = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2)]
+            assert tri._prune(pinned, {}, pass_=pass_, arch=arch, HEAD_DIM_PAD=64, COMPUTE_F32=False) == pinned
+        # A full bias tile never widens a pick: its score tile is at most the bias-free pick's.
+        for pass_ in ("fwd", "dq", "dkdv"):
+            for dtype in (torch.bfloat16, torch.float16, torch.float32):
+                for d in (16, 32, 64, 128, 256):
+                    plain = tri.fixed_shape(pass_, d, dtype, False, 0, arch, dropout)
+                    for bias_esize in (2, 4):
+                        biased = tri.fixed_shape(pass_, d, dtype, False, bias_esize, arch, dropout)
+                        assert biased[0] * biased[1] <= plain[0] * plain[1], (arch, pass_, d, dtype, bias_esize)
+
+
+def test_arch_and_shared_memory_tables():
+    """The per-arch shared memory: the opt-in maximum of one block (A100 163 KB, H100 227 KB, Ada 99 KB) less the
+    headroom; sm_90 keeps the 200 KB budget its lists were chosen in; sm_89 uses the sm_80 lists, sm_100 sm_90's."""
+    assert tri.smem_per_block(80) == 163 * 1024 and tri.smem_per_block(90) == 227 * 1024
+    assert tri.smem_per_block(89) == 99 * 1024
+    assert tri.smem_budget(90) == 200 * 1024 and tri.smem_budget(80) == 136 * 1024
+    assert tri._shape_list("fwd", 128, False, 89) == tri._shape_list("fwd", 128, False, 80)
+    assert tri._shape_list("fwd", 128, False, 100) == tri._shape_list("fwd", 128, False, 90)
+    for arch in (80, 90):
+        for pass_ in ("fwd", "dq", "dkdv"):
+            for d in (64, 128, 256):
+                for dropout in (False, True):
+                    pick = tri.fixed_shape(pass_, d, torch.bfloat16, False, 0, arch, dropout)
+                    assert tri._smem_bytes(pass_, pick, d, 2) <= tri.smem_budget(arch), (arch, pass_, d, dropout)
 
 
 # Shared memory one block may use (the opt-in maximum): A100 (sm_80) 163 KB, H100/H200 (sm_90) 227 KB.
 SMEM_PER_BLOCK = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
-# The configs the _one_config_per_kernel fixture pins on a GPU, as (pass, (BLOCK_M, BLOCK_N, warps, stages)).
-PINNED = [("fwd", (64, 32, 4, 2)), ("dq", (32, 32, 4, 2)), ("dkdv", (32, 32, 4, 2))]
+# The configs the _one_config_per_kernel fixture pins on a GPU, as (pass, (BLOCK_M, BLOCK_N, warps, stages)): small
+# enough for float32 at D=256 with a float32 bias within an A100's 163 KB (the 64x32 / 32x32 pins needed 192-208).
+PINNED = [("fwd", (16, 32, 4, 2)), ("dq", (16, 16, 4, 2)), ("dkdv", (16, 16, 4, 2))]
 
 
-def _pickable():
-    """Every (pass, head dim class, dtype, bias element size, config) the launchers can launch on a GPU: all the
-    configs autotuning keeps (_shapes_for), whose first is the FASTATTN_TRITON_AUTOTUNE=0 pick."""
+def _pickable(arch: int):
+    """Every (pass, head dim class, dtype, bias element size, config) the launchers can launch on a GPU of
+    compute capability ``arch``, with dropout or not: all the configs autotuning keeps (_shapes_for), whose first
+    is the FASTATTN_TRITON_AUTOTUNE=0 pick."""
     for pass_ in ("fwd", "dq", "dkdv"):
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             for d in (16, 32, 64, 128, 256):
                 for bias_esize in (0, 2, 4):
-                    for shape in tri._shapes_for(pass_, d, dtype == torch.float32, dtype.itemsize, bias_esize):
-                        yield pass_, d, dtype, bias_esize, shape
+                    for dropout in (False, True):
+                        for shape in tri._shapes_for(pass_, d, dtype == torch.float32, dtype.itemsize, bias_esize,
+                                                     arch, dropout):
+                            yield pass_, d, dtype, bias_esize, shape
 
 
-@pytest.mark.parametrize("arch", [
-    "sm_90",
-    # Known defect (found by this test): the tables plan for one budget, _SMEM_BUDGET = 200 KB, on every GPU, so
-    # some picks need more than an A100's 163 KB (e.g. fwd D=256 16-bit (128, 64, 8, 2): 192 KB; dq D=256 with
-    # a float32 bias: 224 KB). Autotuning skips configs that fail to launch, but the fixed pick would not.
-    # The fix is an arch-aware budget in the config heuristics (branch triton is moving them into their own
-    # module); strict, so this turns red once it lands and the mark must go.
-    pytest.param("sm_80", marks=pytest.mark.xfail(strict=True, reason="config budget is sm_90's on every GPU")),
-])
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
 def test_every_pickable_config_fits_shared_memory(arch):
-    """Property of the config tables: every config a launcher can pick, and every config the GPU tests pin, fits
-    one block's shared memory on ``arch`` by its tile formula (_smem_bytes: resident tiles, stages of streamed
-    ones, the bias tile). TODO(branch static, issue 12 item 6): when fastattn.bench.static lands on main, also
-    assert that each of these configs compiles with no register spill in its static (ptxas) report."""
+    """Property of the config tables: every config a launcher can pick on ``arch``, and every config the GPU
+    tests pin, fits one block's shared memory there by its tile formula (_smem_bytes: resident tiles, stages of
+    streamed ones, the bias tile). (Once an sm_80 pick needed 192 KB of the A100's 163: one budget for every GPU.)
+    Their register spills: the static report (python -m fastattn.bench --static) compiles the picks per arch."""
     budget = SMEM_PER_BLOCK[arch]
+    cc = int(arch[3:])
     over = [(p, d, str(dt), be, sh, tri._smem_bytes(p, sh, d, dt.itemsize, be) // 1024)
-            for p, d, dt, be, sh in _pickable() if tri._smem_bytes(p, sh, d, dt.itemsize, be) > budget]
+            for p, d, dt, be, sh in _pickable(cc) if tri._smem_bytes(p, sh, d, dt.itemsize, be) > budget]
     for pass_, shape in PINNED:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             for d in (16, 32, 64, 128, 256):
@@ -425,6 +442,19 @@ def test_every_pickable_config_fits_shared_memory(arch):
                     if need > budget:
                         over.append(("pinned " + pass_, d, str(dtype), be, shape, need // 1024))
     assert not over, f"configs over {budget // 1024} KB on {arch} (pass, D, dtype, bias bytes, config, KB): {over}"
+
+
+def test_dropout_offset_reaches_the_kernels_as_32_bits():
+    """fastattn.ops draws 64-bit dropout offsets; the stream uses their low 32 bits, and the kernels take those as
+    an int32 (a 64-bit argument made the counter tile int64, which tl.philox cannot bitcast to its uint32 words:
+    no dropout kernel compiled on a GPU; the interpreter accepted it). The mask stays the reference's."""
+    from fastattn.triton.attention.common import _dropout_args
+    for off in (0, 1, 7, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 2 ** 31 + 5, 2 ** 62 - 1):
+        got = _dropout_args(0.1, 5, off)[1]
+        assert -2 ** 31 <= got < 2 ** 31 and got & 0xFFFFFFFF == off & 0xFFFFFFFF, off
+    seed, off = 2 ** 61 + 3, 2 ** 40 + 2 ** 31 + 5
+    got = tri.dropout_mask(1, 2, 9, 21, 0.3, seed, off, DEV)
+    assert torch.equal(got, reference.dropout_keep(1, 2, 9, 21, 0.3, seed, off, torch.device(DEV)))
 
 
 @pytest.mark.parametrize("flag,want", [(None, True), ("1", True), ("0", False)])

@@ -246,6 +246,40 @@ def test_scalar_hot_paths_run_no_tensor_op(monkeypatch):
     assert log.ops
 
 
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cuda", marks=pytest.mark.cuda_kernel)])
+def test_tensor_parameter_hot_paths_run_no_tensor_op(monkeypatch, backend):
+    """With (B,) tensor parameters already on the device (float32 or another float dtype, int32 or int64 top_k,
+    strided views, 0-dim tensors) and an int64 (B,) seed tensor, sample and top_k_top_p_filter run no torch op
+    at all before the launch: the kernels clamp what they load (stubbed kernels)."""
+    if _dispatch.backend_for("sampling", backend).machine_reason(torch.device("cpu")) is not None:
+        pytest.skip(f"needs the {backend} sampling kernels loadable here (for the stubs)")
+    monkeypatch.setattr(_checks, "STRICT", False)
+    smp = _dispatch.backend_for("sampling", backend).kernels
+    b = 3
+    logits = randn(b, 40, seed=2)
+    outs = dict(tok=torch.empty(b, dtype=torch.int64), f=torch.empty_like(logits))
+    monkeypatch.setattr(smp, "sample", lambda *a: outs["tok"])
+    monkeypatch.setattr(smp, "top_k_top_p_filter", lambda *a: outs["f"])
+    sets = [
+        dict(temperature=torch.tensor([-1.0, 0.5, 1.0]), top_k=torch.tensor([-1, 3, 10]),
+             top_p=torch.tensor([0.0, 0.9, 2.0]), min_p=torch.tensor([0.0, 0.1, 1.5])),
+        dict(temperature=torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64), top_k=torch.tensor([0, 3, 10],
+             dtype=torch.int32), top_p=torch.rand(b, 2)[:, 1], min_p=torch.tensor(0.05, dtype=torch.bfloat16)),
+        dict(temperature=torch.tensor(0.7, dtype=torch.float16), top_p=torch.tensor([0.5, 0.9, 1.0]), top_k=7),
+    ]
+    seeds = torch.tensor([1, 2, 3])
+    for params in sets:
+        with _OpLog() as log:
+            assert fastattn.sample(logits, seed=seeds, backend=backend, **params) is outs["tok"]
+            assert fastattn.sample(logits, seed=5, backend=backend, **params) is outs["tok"]
+            assert fastattn.top_k_top_p_filter(logits, backend=backend, **params) is outs["f"]
+        assert log.ops == [], f"{sorted(params)}: torch ops on the call path: {log.ops}"
+    seeds32 = seeds.int()
+    with _OpLog() as log:  # the log sees ops (an int32 seed tensor is converted): the check above can fail
+        fastattn.sample(logits, seed=seeds32, backend=backend, **sets[0])
+    assert log.ops
+
+
 def test_host_benchmark_runs_and_restores_the_kernels():
     from fastattn.bench import host
     if _dispatch.backend_for("sampling", "triton").machine_reason(torch.device("cpu")) is not None:
@@ -259,6 +293,21 @@ def test_host_benchmark_runs_and_restores_the_kernels():
     for (family, fn), f in before.items():
         assert getattr(_dispatch.backend_for(family, "triton").kernels, fn) is f
     assert "stub / bare" in host.report(rows, torch.device("cpu"), "triton")
+
+
+def test_host_timing_loop_without_cuda_sync(monkeypatch):
+    """bench.host and timing.host_time share timing.loop_time; sync=False never touches CUDA (CPU stubs)."""
+    from fastattn.bench import timing
+    calls = []
+
+    def no_sync():
+        raise AssertionError("synchronised")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", no_sync)
+    assert timing.loop_time(lambda: calls.append(1), 7, sync=False) > 0 and len(calls) == 7
+    assert timing.host_time(lambda: sum(range(100)), rep_ms=2.0, sync=False) > 0
+    with pytest.raises(AssertionError, match="synchronised"):
+        timing.loop_time(lambda: None, 1, sync=True)
 
 
 @pytest.mark.triton

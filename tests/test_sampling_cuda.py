@@ -191,7 +191,7 @@ def test_out_of_range_per_row_parameters():
 
 
 def _clamped(params):
-    """What fastattn/ops/sampling.py hands the kernels (and so what the reference must see)."""
+    """What the kernel makes of them as it loads them (reference.PARAM_RANGES), so what the reference must see."""
     tiny = torch.finfo(torch.float32).tiny
     return dict(top_k=params["top_k"].clamp(min=0), top_p=params["top_p"].clamp(tiny, 1.0),
                 min_p=params["min_p"].clamp(0.0, 1.0))
@@ -228,8 +228,13 @@ def test_opcheck_and_bad_inputs():
                           (x, None, 0.8, torch.tensor([3, 0, 7], device=DEV), 0, None, 0.9, None, 0.0))
     torch.library.opcheck(torch.ops.fastattn.sample_cuda.default,
                           (x, None, 0.8, None, 10, None, 0.9, None, 0.0, _seeds(3, 2), 0))
-    with pytest.raises(RuntimeError, match="top_k_t must be Long"):
+    with pytest.raises(RuntimeError, match="top_k_t must be int32 or int64, got Float"):
         torch.ops.fastattn.sample_cuda(x, None, 1.0, torch.ones(3, device=DEV), 0, None, 1.0, None, 0.0, None, 1)
+    with pytest.raises(RuntimeError, match="top_p_t must be float32, float64, float16 or bfloat16, got Long"):
+        torch.ops.fastattn.sample_cuda(x, None, 1.0, None, 0, torch.ones(3, dtype=torch.int64, device=DEV), 1.0,
+                                       None, 0.0, None, 1)
+    with pytest.raises(RuntimeError, match=r"temperature_t must be a 0-dim tensor or have shape \(rows,\) = \(3\)"):
+        torch.ops.fastattn.top_k_top_p_filter_cuda(x, torch.ones(4, device=DEV), 1.0, None, 0, None, 1.0, None, 0.0)
     with pytest.raises(RuntimeError, match="seeds must be a contiguous tensor of rows = 3"):
         torch.ops.fastattn.sample_cuda(x, None, 1.0, None, 0, None, 1.0, None, 0.0,
                                        torch.ones(4, dtype=torch.int64, device=DEV), 0)

@@ -17,19 +17,31 @@
 
 namespace fastattn {
 
+// A per-row sampling parameter as the caller gave it: element row * stride (stride 0: one value for every row)
+// of a tensor of `type`; ptr == nullptr: the number beside it in SamplingParams is used. The kernel converts
+// the element to float (int64 for top_k) and clamps it (sampling_detail::row_param).
+enum class ParamType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3, kInt32 = 4, kInt64 = 5 };
+struct RowParam {
+  const void* ptr;
+  int64_t stride;  // elements
+  ParamType type;
+};
+
 struct SamplingParams {
   const void* logits;  // (rows, vocab), element stride 1 along vocab
   int64_t rows;
   int64_t vocab;
   int64_t row_stride;  // elements
-  // Each parameter: a (rows,) tensor when the pointer is set, else the value (already clamped by the caller).
-  const float* temperature;
+  // Each parameter: a (rows,) tensor when its ptr is set (clamped as the kernel reads it: temperature into
+  // [0, inf], top_k into [0, inf), top_p into [FLT_MIN, 1], min_p into [0, 1]; NaN kept), else the value
+  // (range-checked by the caller).
+  RowParam temperature;
   float temperature_val;
-  const int64_t* top_k;
+  RowParam top_k;
   int64_t top_k_val;
-  const float* top_p;
+  RowParam top_p;
   float top_p_val;
-  const float* min_p;
+  RowParam min_p;
   float min_p_val;
   const int64_t* seeds;  // (rows,) int64, or nullptr -> seed_val for every row
   int64_t seed_val;

@@ -15,7 +15,6 @@ hits all of them alike.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Tuple
 
@@ -23,6 +22,7 @@ import torch
 
 import fastattn
 from ..ops import _dispatch
+from . import timing
 
 
 @dataclass
@@ -69,30 +69,22 @@ def cases(device: torch.device) -> List[HostCase]:
     ]
 
 
-def _per_call_us(fn: Callable[[], object], n: int, sync: bool) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    if sync:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e6
-
-
 def _best(fns: Dict[str, Callable[[], object]], *, n: int, rounds: int, sync: bool,
           round_s: float = 0.02) -> Dict[str, float]:
-    """Best of ``rounds`` rounds of each fn, interleaved; a round is n calls, fewer for a slow fn (~round_s)."""
+    """Best of ``rounds`` rounds of each fn in µs per call, interleaved; a round is n calls (timing.loop_time),
+    fewer for a slow fn (~round_s)."""
     reps = {}
     for k, f in fns.items():  # warm-up (compiles, caches), then a count that keeps a round near round_s
         f()
-        reps[k] = max(3, min(n, int(round_s / max(_per_call_us(f, 3, sync) * 1e-6, 1e-9))))
+        reps[k] = max(3, min(n, int(round_s / max(timing.loop_time(f, 3, sync=sync), 1e-9))))
     best = {k: float("inf") for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
-            best[k] = min(best[k], _per_call_us(f, reps[k], sync))
+            best[k] = min(best[k], timing.loop_time(f, reps[k], sync=sync) * 1e6)
     return best
 
 
-def measure(device: torch.device, backend: str, *, n: int = 2000, rounds: int = 7) -> List[Tuple[str, Dict[str, float]]]:
+def measure(device: torch.device, backend: str, *, n: int = 400, rounds: int = 41) -> List[Tuple[str, Dict[str, float]]]:
     """[(case name, {provider: µs per call})] for every case, on ``device`` through ``backend``."""
     out = []
     gpu = device.type == "cuda"
@@ -148,5 +140,5 @@ def report(rows, device: torch.device, backend: str) -> str:
 
 
 def main(device: torch.device, backend: str = "triton", *, quick: bool = False) -> str:
-    rows = measure(device, backend, n=500 if quick else 2000, rounds=3 if quick else 7)
+    rows = measure(device, backend, rounds=9 if quick else 41)  # many short rounds: robust to a loaded machine
     return report(rows, device, backend)

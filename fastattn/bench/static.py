@@ -6,11 +6,13 @@ STATIC FIGURES FROM A COMPILE, NOT MEASUREMENTS: nothing here runs a kernel.
    picked up without a change here) is compiled with ``nvcc -cubin -Xptxas -v`` for sm_90a and sm_80, with the
    flags setup.py uses (-O3 -lineinfo, no fast-math).
 2. Triton: the public launchers of fastattn.triton run on ``meta`` tensors of the benchmark's headline shapes
-   under a stand-in driver that reports an sm_90 GPU (132 SMs). The launch stops where Triton would compile:
+   under a stand-in driver that reports an sm_90 GPU (132 SMs), and again one that reports sm_80 (the attention
+   configs depend on the arch). The launch stops where Triton would compile:
    the signature, constexprs, alignment attributes (``tt.divisibility``) and options recorded there are exactly
    what a real launch would compile with (integers equal to 1 become constexprs, 16-divisible pointers and
    integers are marked). They are then compiled with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` and 80.
-   Attention uses the fixed config of FASTATTN_TRITON_AUTOTUNE=0 (the first config autotuning would try).
+   Attention uses the fixed config of FASTATTN_TRITON_AUTOTUNE=0 (the first config autotuning would try on that
+   arch).
 
 Per kernel: registers, spill stores/loads (ptxas -v), shared memory, occupancy on an H100/H200 (blocks and warps
 per SM from registers, shared memory and threads, as cuda_occupancy.h), and the SASS instruction mix (HMMA/HGMMA,
@@ -474,9 +476,10 @@ class _FakeDriver:
 
 
 @contextlib.contextmanager
-def capture_launches(sms: int = H200.sms):
+def capture_launches(sms: int = H200.sms, arch: int = 90):
     """Inside: Triton launches are recorded (never compiled or run) into the yielded list; the SM count the
-    fastattn launchers ask for is ``sms``."""
+    fastattn launchers ask for is ``sms``, and the GPU they see is of compute capability ``arch`` (the
+    attention configs depend on it)."""
     import torch
     from triton.backends.compiler import GPUTarget
     from triton.runtime.driver import driver
@@ -512,7 +515,7 @@ def capture_launches(sms: int = H200.sms):
     old = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     old_env = os.environ.get("FASTATTN_TRITON_AUTOTUNE")
     try:
-        driver.set_active(_FakeDriver(GPUTarget("cuda", 90, 32)))
+        driver.set_active(_FakeDriver(GPUTarget("cuda", arch, 32)))
         JITFunction.run, JITFunction._do_compile = run, do_compile
         for obj, name, val in patches:
             setattr(obj, name, val)
@@ -766,30 +769,40 @@ def softmax_cases(full: bool) -> List[TritonCase]:
     return out
 
 
+# A dropout call's seed and offset as fastattn.ops draws them (64-bit, neither 1 nor a multiple of 16), so that
+# they specialise as a real launch's do
+_SEED, _OFFSET = 2 ** 61 + 12345, 2 ** 60 + 7
+
+
 def attention_cases(full: bool) -> List[TritonCase]:
-    def fwd(b, h, s, d, causal, dt, headline):
+    def fwd(b, h, s, d, causal, dt, headline, dropout=0.0):
         def call():
             from fastattn.triton import attention as A
             q = _meta((b, h, s, d), _dt(dt))
             A.attention_fwd(q, _meta((b, h, s, d), _dt(dt)), _meta((b, h, s, d), _dt(dt)), None, None, causal,
-                            d ** -0.5)
-        hot = {} if causal else {"_attn_fwd_kernel": lambda a: [
-            ("_attn_fwd_inner", "for start_n in range(lo, hi, BLOCK_N)", [a["Sk"] // a["BLOCK_N"], 0])]}
+                            d ** -0.5, dropout_p=dropout, seed=_SEED, offset=_OFFSET)
+        # the key loop (unmasked copy, then the masked one, which runs no block here); with dropout most of its
+        # instructions come from Philox's unrolled rounds, so line info names it after that loop
+        loop = (("philox_impl", "for _ in tl.static_range(n_rounds)") if dropout else
+                ("_attn_fwd_inner", "for start_n in range(lo, hi, BLOCK_N)"))
+        hot = {} if causal else {"_attn_fwd_kernel": lambda a: [(*loop, [a["Sk"] // a["BLOCK_N"], 0])]}
         flops = 4 * b * h * s * s * d * (0.5 if causal else 1.0)
-        return TritonCase(f"attention fwd {dt} B{b} H{h} S{s} D{d}{' causal' if causal else ''}", "attention",
+        return TritonCase(f"attention fwd {dt} B{b} H{h} S{s} D{d}{' causal' if causal else ''}"
+                          f"{f' dropout {dropout}' if dropout else ''}", "attention",
                           call, 4 * b * h * s * d * _dt(dt).itemsize, hot,
                           matmul=("_attn_fwd_kernel", "_attn_fwd_tma_kernel") if dt != "fp32" else (),
                           headline=headline, flops=flops)
 
-    def bwd(b, h, s, d, causal, dt, headline):
+    def bwd(b, h, s, d, causal, dt, headline, dropout=0.0):
         def call():
             import torch
             from fastattn.triton import attention as A
             t = lambda: _meta((b, h, s, d), _dt(dt))  # noqa: E731
             A.attention_bwd(t(), t(), t(), t(), t(), _meta((b, h, s), torch.float32), None, None, causal,
-                            d ** -0.5, False)
+                            d ** -0.5, False, dropout_p=dropout, seed=_SEED, offset=_OFFSET)
         flops = 10 * b * h * s * s * d * (0.5 if causal else 1.0)
-        return TritonCase(f"attention bwd {dt} B{b} H{h} S{s} D{d}{' causal' if causal else ''}", "attention",
+        return TritonCase(f"attention bwd {dt} B{b} H{h} S{s} D{d}{' causal' if causal else ''}"
+                          f"{f' dropout {dropout}' if dropout else ''}", "attention",
                           call, 8 * b * h * s * d * _dt(dt).itemsize, headline=headline,
                           matmul=("_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel") if dt != "fp32" else (),
                           flops=flops)
@@ -819,7 +832,9 @@ def attention_cases(full: bool) -> List[TritonCase]:
 
     out = [fwd(4, 16, 4096, 128, False, "bf16", True), fwd(4, 16, 4096, 128, True, "bf16", True),
            bwd(4, 16, 4096, 128, False, "bf16", True), fwd_tma(4, 16, 4096, 128, False, True),
-           decode(1, 8192, True)]
+           decode(1, 8192, True),
+           # attention dropout (issue 16): the Philox draws in all three passes, their own configs
+           bwd(4, 16, 4096, 128, True, "bf16", True, dropout=0.1)]
     if full:
         for d in (64, 128, 256):
             for causal in (False, True):
@@ -829,6 +844,12 @@ def attention_cases(full: bool) -> List[TritonCase]:
                 if (d, causal) != (128, False):
                     out.append(bwd(4, h, 4096, d, causal, "bf16", False))
         out.append(fwd(4, 16, 4096, 128, False, "fp32", False))
+        for d in (64, 128, 256):
+            for causal in (False, True):
+                h = 2048 // d
+                out.append(fwd(4, h, 4096, d, causal, "bf16", False, dropout=0.1))
+                if (d, causal) != (128, True):
+                    out.append(bwd(4, h, 4096, d, causal, "bf16", False, dropout=0.1))
         out += [fwd_tma(4, 16, 4096, 128, True, False), fwd_tma(4, 32, 4096, 64, False, False)]
         for b in (16, 64):
             out.append(decode(b, 8192, False))
@@ -934,16 +955,17 @@ def build(archs: Sequence[int] = (90, 80), *, full: bool = False, cuda: bool = T
         for case in triton_cases(full):
             if only and only not in case.name:
                 continue
-            try:
-                with capture_launches() as launches:
-                    case.call()
-            except Exception as e:  # noqa: BLE001
-                rep.failures.append(f"triton case {case.name}: the launcher failed on meta tensors: "
-                                    f"{type(e).__name__}: {e}")
-                continue
             keys = []
-            for launch in launches:
-                for arch in tarchs:
+            # captured once per arch: the launchers pick their configs for the GPU they run on
+            for arch in tarchs:
+                try:
+                    with capture_launches(arch=arch) as launches:
+                        case.call()
+                except Exception as e:  # noqa: BLE001
+                    rep.failures.append(f"triton case {case.name} ({ARCHS[arch]}): the launcher failed on meta "
+                                        f"tensors: {type(e).__name__}: {e}")
+                    continue
+                for launch in launches:
                     if arch < 90 and "tma" in launch.name:
                         continue
                     key = _launch_key(launch, arch)

@@ -78,25 +78,29 @@ def device_time(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: fl
     return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), n_rep)
 
 
-def host_time(fn: Callable[[], object], *, rep_ms: float = 50.0, max_reps: int = 2000) -> float:
-    """Wall time per call in ms of back-to-back calls (no flush), synchronized at both ends.
+def loop_time(fn: Callable[[], object], n: int, *, sync: bool = True) -> float:
+    """Wall time per call in seconds of n back-to-back calls of fn. sync: synchronise CUDA at both ends (GPU
+    work counts); without, only the host's time counts (CPU stubs, or a machine without CUDA)."""
+    if sync:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    if sync:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def host_time(fn: Callable[[], object], *, rep_ms: float = 50.0, max_reps: int = 2000, sync: bool = True) -> float:
+    """Wall time per call in ms of back-to-back calls (no flush), synchronized at both ends (sync=False: not).
 
     For small ops this is what a caller in a loop sees: it includes the host's dispatch (argument checks,
     custom-op dispatch, launches) whenever that is slower than the kernels themselves.
     """
     fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    one = max(time.perf_counter() - t0, 1e-6) * 1e3
+    one = max(loop_time(fn, 1, sync=sync), 1e-6) * 1e3
     n = max(3, min(max_reps, int(rep_ms / one)))
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e3 / n
+    return loop_time(fn, n, sync=sync) * 1e3
 
 
 def wall_time(fn: Callable[[], object], *, reps: int = 3, sync: bool = True) -> Timing:

@@ -241,8 +241,13 @@ class DecodeStep:
     """
 
     def __init__(self, logits_fn, device: torch.device, batch: int, seeds: Optional[Tensor], stop: EosStop,
-                 sampling: dict, key: tuple):
+                 sampling: dict, key: tuple, *, cache=None, mask: Optional[Tensor] = None):
         self.logits_fn, self.stop, self.key_ = logits_fn, stop, key
+        # The buffers logits_fn works on, kept with the step so that a later call with the same key reuses them
+        # (the caller resets them): the model's static KV cache, and (EncoderDecoder) its encoder padding mask
+        # buffer, None without a mask.
+        self.cache = cache
+        self.mask = mask
         self.seeds = None if seeds is None else seeds.clone()
         self.sampling = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in sampling.items()}
         self.tok = torch.zeros(batch, dtype=torch.int64, device=device)   # (B,)

@@ -297,8 +297,7 @@ class Decoder(SwitchesAttnBackend):
         if step is None:
             cache = self.new_cache(B, T + max_new_tokens)
             step = DecodeStep(lambda tok: self(tok.view(B, 1), cache)[:, -1], cache.lengths.device, B, seeds, stop,
-                              sampling, key)
-            step.cache = cache
+                              sampling, key, cache=cache)
             if cuda_graph:
                 keep_graph_step(self, step)
         else:

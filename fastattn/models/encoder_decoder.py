@@ -317,8 +317,7 @@ class EncoderDecoder(SwitchesAttnBackend):
             cache = self.new_cache(memory, max_new_tokens, static=True)
             mask_buf = None if mask is None else mask.clone()
             step = DecodeStep(lambda tok: self.decode(tok.view(B, 1), None, mask_buf, cache=cache)[:, -1], dev, B,
-                              seeds, stop, sampling, key)
-            step.cache, step.mask = cache, mask_buf
+                              seeds, stop, sampling, key, cache=cache, mask=mask_buf)
             if cuda_graph:
                 keep_graph_step(self, step)
         else:  # the captured step's buffers take this call's encoder output, mask and settings

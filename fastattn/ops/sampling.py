@@ -16,6 +16,7 @@ from . import _checks, _dispatch
 
 LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SEED_RANGE = 1 << 62
+_INT_DTYPES = (torch.int32, torch.int64)
 
 
 def _kernel_module(backend: str):
@@ -66,16 +67,19 @@ def _(logits, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_
 # Checks
 # ----------------------------------------------------------------------------------------------------------
 
-def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expected: str, clamp: tuple):
+def _check_param(name: str, integer: bool, ok, expected: str, value, b: int, device):
     """Returns (tensor or None, number); a number out of range raises, naming the argument.
 
-    A (B,) tensor is not range-checked, since that would synchronise the device on every call: its elements
-    are clamped to ``clamp`` = (low, high) (None: unbounded) instead, which gives every value a defined result.
+    A tensor parameter (a (B,) tensor of any stride, or a 0-dim tensor for every row; int32/int64 for top_k,
+    any float dtype for the others) goes to the kernels as it is: no torch op runs for it here. Its values are
+    not range-checked, since that would synchronise the device on every call: each backend clamps them where it
+    loads them instead (reference.PARAM_RANGES), which gives every value a defined result.
     FASTATTN_STRICT_CHECKS=1 checks them too (and synchronises), raising as for a number.
     """
     if isinstance(value, Tensor):
-        dtypes = (torch.int32, torch.int64) if integer else _checks.FLOAT_DTYPES
-        _checks.tensor(name, value, dtypes=dtypes)
+        dtypes = _INT_DTYPES if integer else _checks.FLOAT_DTYPES
+        if value.dtype not in dtypes:
+            _checks.tensor(name, value, dtypes=dtypes)  # raises, naming the argument
         if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != b):
             raise ValueError(f"{name} must be a number or a tensor of shape (B,) = ({b},), got shape "
                              f"{tuple(value.shape)}")
@@ -84,10 +88,11 @@ def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expecte
                              "one device")
         if _checks.STRICT and not _checks.is_compiling() and value.numel() and not bool(ok(value).all()):
             raise ValueError(f"{name} must be {expected} (every element of the {name} tensor)")
-        want = torch.int64 if integer else torch.float32
-        t = value if value.dim() == 1 and value.dtype == want else value.reshape(-1).expand(b).to(want)
-        return torch.clamp(t, *clamp), (0 if integer else 0.0)  # clamp also makes it a fresh contiguous tensor
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integer and not isinstance(value, numbers.Integral)):
+        return value, (0 if integer else 0.0)
+    tp = type(value)
+    if not (tp is int or (tp is float and not integer)) and (  # exact int / float: no ABC checks (host time)
+            isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or (integer and not isinstance(value, numbers.Integral))):
         raise TypeError(f"{name} must be {'an int' if integer else 'a float'} or a (B,) tensor, got "
                         f"{type(value).__name__}")
     number = int(value) if integer else float(value)
@@ -96,9 +101,14 @@ def _check_param(name: str, value, b: int, device, *, integer: bool, ok, expecte
     return None, number
 
 
-# Where tensor parameters are clamped (see _check_param): temperature below 0 is greedy, top_k below 0 is no
-# top-k, top_p at or below 0 keeps the most probable token only, min_p is taken in [0, 1].
-_TINY = torch.finfo(torch.float32).tiny
+# (name, integer, range predicate, what the message says): the predicates use only comparisons and &, so they
+# take numbers and tensors alike.
+_PARAMS = (
+    ("temperature", False, lambda t: (t >= 0) & (t < float("inf")), "a finite float >= 0"),
+    ("top_k", True, lambda t: t >= 0, "an int >= 0"),
+    ("top_p", False, lambda t: (t > 0) & (t <= 1), "in (0, 1]"),
+    ("min_p", False, lambda t: (t >= 0) & (t < 1), "in [0, 1)"),
+)
 
 
 def _checked_params(logits: Tensor, temperature, top_k, top_p, min_p):
@@ -108,16 +118,8 @@ def _checked_params(logits: Tensor, temperature, top_k, top_p, min_p):
         raise ValueError("logits must have a vocabulary size V > 0, got shape "
                          f"{tuple(logits.shape)}")
     dev = logits.device
-    return (
-        _check_param("temperature", temperature, b, dev, integer=False,
-                     ok=lambda t: (t >= 0) & (t < float("inf")), expected="a finite float >= 0", clamp=(0.0, None)),
-        _check_param("top_k", top_k, b, dev, integer=True, ok=lambda t: t >= 0, expected="an int >= 0",
-                     clamp=(0, None)),
-        _check_param("top_p", top_p, b, dev, integer=False, ok=lambda t: (t > 0) & (t <= 1),
-                     expected="in (0, 1]", clamp=(_TINY, 1.0)),
-        _check_param("min_p", min_p, b, dev, integer=False, ok=lambda t: (t >= 0) & (t < 1), expected="in [0, 1)",
-                     clamp=(0.0, 1.0)),
-    )
+    return (_check_param(*_PARAMS[0], temperature, b, dev), _check_param(*_PARAMS[1], top_k, b, dev),
+            _check_param(*_PARAMS[2], top_p, b, dev), _check_param(*_PARAMS[3], min_p, b, dev))
 
 
 def _seeds(logits: Tensor, generator, seed, int_ok: bool = False):
@@ -139,7 +141,7 @@ def _seeds(logits: Tensor, generator, seed, int_ok: bool = False):
         if seed.dim() == 1 and seed.dtype == torch.int64 and seed.device == logits.device and seed.is_contiguous():
             return seed  # the common per-row form, as it is (the kernels only read it)
         return seed.to(device=logits.device, dtype=torch.int64).reshape(-1).expand(b).contiguous()
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if type(seed) is not int and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise TypeError(f"seed must be an int or an int64 (B,) tensor, got {type(seed).__name__}")
     if not -(1 << 63) <= int(seed) < (1 << 63):
         raise ValueError(f"seed must fit in int64, got {seed}")

@@ -96,6 +96,7 @@ MAX_ZOOM = 48
 
 _KEY_MIN = tl.constexpr(-2139095041)  # key(-inf)
 _KEY_MAX = tl.constexpr(2139095040)   # key(+inf)
+_TINY = tl.constexpr(torch.finfo(torch.float32).tiny)  # top_p's lower clamp (reference.PARAM_RANGES)
 
 
 @triton.jit
@@ -540,9 +541,24 @@ def _search(x_row, V, tdiv, n_tiles, m, hist, top, ws_row, target, tau_k, p_on, 
 
 
 @triton.jit
+def _row_param(ptr, stride, row, val, HAS_T: tl.constexpr, DT: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):
+    """A row's sampling parameter: with HAS_T, element row * stride of the tensor at ptr (any dtype), converted
+    to DT and clamped into [LO, HI] (HI None: unbounded; NaN stays NaN, as torch.clamp keeps it; the ranges of
+    reference.PARAM_RANGES); else the number val (range-checked by the caller)."""
+    if HAS_T:
+        x = tl.load(ptr + row.to(tl.int64) * stride).to(DT)
+        x = tl.where(x < LO, LO, x)
+        if HI is not None:
+            x = tl.where(x > HI, HI, x)
+    else:
+        x = tl.zeros([], DT) + val
+    return x
+
+
+@triton.jit
 def _sampling_kernel(
     x_ptr, stride_b, V, n_tiles,
-    t_ptr, t_val, k_ptr, k_val, p_ptr, p_val, mp_ptr, mp_val,
+    t_ptr, t_s, t_val, k_ptr, k_s, k_val, p_ptr, p_s, p_val, mp_ptr, mp_s, mp_val,
     seed_ptr, seed_val, out_ptr, ws_ptr, flag_ptr,
     HAS_SEED_T: tl.constexpr, HAS_T_T: tl.constexpr, HAS_K_T: tl.constexpr, HAS_P_T: tl.constexpr, HAS_MP_T: tl.constexpr,
     USE_K: tl.constexpr, USE_P: tl.constexpr, USE_MP: tl.constexpr, FILTER: tl.constexpr,
@@ -555,24 +571,12 @@ def _sampling_kernel(
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_b
     ws_row = ws_ptr + row.to(tl.int64) * (2 * CAP)
-    if HAS_T_T:
-        t = tl.load(t_ptr + row).to(tl.float32)
-    else:
-        t = tl.zeros([], tl.float32) + t_val
+    t = _row_param(t_ptr, t_s, row, t_val, HAS_T_T, tl.float32, 0.0, None)
     greedy = t == 0.0
     tdiv = tl.where(greedy, 1.0, t)  # greedy rows work on the undivided logits
-    if HAS_K_T:
-        k = tl.load(k_ptr + row).to(tl.int64)
-    else:
-        k = tl.zeros([], tl.int64) + k_val
-    if HAS_P_T:
-        p = tl.load(p_ptr + row).to(tl.float32)
-    else:
-        p = tl.zeros([], tl.float32) + p_val
-    if HAS_MP_T:
-        mp = tl.load(mp_ptr + row).to(tl.float32)
-    else:
-        mp = tl.zeros([], tl.float32) + mp_val
+    k = _row_param(k_ptr, k_s, row, k_val, HAS_K_T, tl.int64, 0, None)
+    p = _row_param(p_ptr, p_s, row, p_val, HAS_P_T, tl.float32, _TINY, 1.0)
+    mp = _row_param(mp_ptr, mp_s, row, mp_val, HAS_MP_T, tl.float32, 0.0, 1.0)
     # Which filters act on this row (the USE_* flags drop the code of filters no row uses).
     k_on = tl.full([], 0, tl.int1)
     p_on = tl.full([], 0, tl.int1)
@@ -754,12 +758,17 @@ def _sampling_kernel(
 # Launchers
 # --------------------------------------------------------------------------------------------------------
 
-def _param(t: Optional[Tensor], value, device, dtype):
-    """(pointer tensor, scalar, has tensor). The pointer is a dummy when the scalar is used."""
+_FLOAT_PARAM = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_INT_PARAM = (torch.int64, torch.int32)
+
+
+def _param(t: Optional[Tensor], value, dtypes):
+    """(pointer tensor or None, element stride, scalar, has tensor). The kernel reads a (B,) tensor of any
+    stride (a 0-dim one for every row: stride 0) and dtype in dtypes, and clamps what it reads (_row_param)."""
     if t is None:
-        return None, value, False
-    assert t.dtype == dtype and t.is_contiguous(), f"per-row parameter must be a contiguous {dtype} tensor"
-    return t, value, True
+        return None, 0, value, False
+    assert t.dtype in dtypes and t.dim() <= 1, f"per-row parameter must be a (B,) tensor of {dtypes}"
+    return t, (t.stride(0) if t.dim() else 0), value, True
 
 
 def _run(logits: Tensor, temperature_t, temperature, top_k_t, top_k, top_p_t, top_p, min_p_t, min_p,
@@ -774,10 +783,10 @@ def _run(logits: Tensor, temperature_t, temperature, top_k_t, top_k, top_p_t, to
     block = min(BLOCK if block is None else block, triton.next_power_of_2(v))
     cap = CAP if cap is None else cap
     assert cap & (cap - 1) == 0 and block & (block - 1) == 0
-    tt, tv, has_t = _param(temperature_t, float(temperature), dev, torch.float32)
-    kt, kv, has_k = _param(top_k_t, int(top_k), dev, torch.int64)
-    pt, pv, has_p = _param(top_p_t, float(top_p), dev, torch.float32)
-    mt, mv, has_mp = _param(min_p_t, float(min_p), dev, torch.float32)
+    tt, ts, tv, has_t = _param(temperature_t, float(temperature), _FLOAT_PARAM)
+    kt, ks, kv, has_k = _param(top_k_t, int(top_k), _INT_PARAM)
+    pt, ps, pv, has_p = _param(top_p_t, float(top_p), _FLOAT_PARAM)
+    mt, ms, mv, has_mp = _param(min_p_t, float(min_p), _FLOAT_PARAM)
     use_k = has_k or 0 < kv < v
     use_p = has_p or pv < 1.0
     use_mp = has_mp or mv > 0.0
@@ -788,8 +797,8 @@ def _run(logits: Tensor, temperature_t, temperature, top_k_t, top_k, top_p_t, to
     ws = torch.empty((b, 2 * cap) if (use_k or use_p) else (1,), dtype=torch.int64, device=dev)
     flags = torch.empty((b,) if fast else (1,), dtype=torch.int32, device=dev)
     args = (logits, logits.stride(0), v, triton.cdiv(v, block),
-            tt if has_t else dummy, tv, kt if has_k else dummy, min(kv, 1 << 62),
-            pt if has_p else dummy, pv, mt if has_mp else dummy, mv,
+            tt if has_t else dummy, ts, tv, kt if has_k else dummy, ks, min(kv, 1 << 62),
+            pt if has_p else dummy, ps, pv, mt if has_mp else dummy, ms, mv,
             seeds if has_seed_t else dummy, 0 if has_seed_t else int(seeds), out, ws, flags)
     meta = dict(HAS_SEED_T=has_seed_t, HAS_T_T=has_t, HAS_K_T=has_k, HAS_P_T=has_p, HAS_MP_T=has_mp,
                 USE_K=use_k, USE_P=use_p, USE_MP=use_mp, FILTER=filter_mode, NEED_AMAX=has_t or tv == 0.0,
@@ -809,7 +818,8 @@ def sample(logits: Tensor, temperature_t: Optional[Tensor], temperature: float, 
            seeds: Union[Tensor, int], *, block: Optional[int] = None, cap: Optional[int] = None) -> Tensor:
     """One token id per row of logits (B, V) fp16/bf16/fp32: int64 (B,), -1 for a NaN / non-finite row.
 
-    Each *_t is None or a contiguous (B,) tensor (float32; int64 for top_k), else the number beside it is
+    Each *_t is None or a (B,) tensor of any stride (0-dim: one value for every row; any float dtype, int32 or
+    int64 for top_k), clamped as the kernel reads it (reference.PARAM_RANGES), else the number beside it is
     used for every row. seeds: int64 (B,), or one int for every row (saves building a seed tensor on the
     decode path). block / cap override the tile width and candidate capacity (tests use small ones to
     reach every path at small V).

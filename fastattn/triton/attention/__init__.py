@@ -56,12 +56,14 @@ tokens, S = 1k, D = 128; 17 GB at S = 16k), each of which costs more than the re
 
 Block shapes (GPU). Each kernel is autotuned among at most four (BLOCK_M, BLOCK_N, warps, stages) configs per
 head-dim class (<= 64, 128, 256) and dtype class (16-bit, float32), chosen from ptxas register and spill
-counts on sm_90a (_SHAPES; configs whose shared memory or, with a full bias tile, register estimate does not
-fit are pruned before compiling). The tuning is cached per length bucket, head dim, causal, bias and mask kind
+counts, per GPU family and with dropout or not (sm_90 and later: _SHAPES, _SHAPES_DROPOUT from sm_90a; sm_80 -
+sm_89: _SHAPES_SM80, _SHAPES_SM80_DROPOUT from sm_80); configs whose shared memory (within the GPU's per-block
+maximum less a headroom, configs.smem_budget) or, with a full bias tile, register estimate does not fit are
+pruned before compiling. The tuning is cached per length bucket, head dim, causal, bias and mask kind
 and dtypes. On a cold machine each kernel variant first compiles all its configs (a few seconds each).
 FASTATTN_TRITON_AUTOTUNE=0 turns autotuning off: each launch takes one fixed config per (head dim, dtype, causal,
-pass, full bias tile or not), the first that fits in _SHAPES (fixed_shape), and compiles only that; decode takes
-_DECODE_SHAPES[0]. The variable is read at every launch, so it can be set at any time.
+pass, full bias tile or not, arch, dropout), the first that fits in its list (fixed_shape), and compiles only
+that; decode takes _DECODE_SHAPES[0]. The variable is read at every launch, so it can be set at any time.
 
 Hopper forward, OPT-IN AND NOT YET VALIDATED ON A GPU. With FASTATTN_TRITON_HOPPER=1 (read at every launch), on
 a GPU of compute capability 9.x, a forward with 16-bit q, k, v, no bias or key padding, D a power of two and
@@ -86,7 +88,7 @@ from .common import (_DTYPES, _INTERPRETED, _MAX_GRID_YZ, MAX_HEAD_DIM, _bias_ar
 from .configs import (_ATTN_KEY, _DECODE_SHAPES, _HOPPER_SHAPES, _INTERP_BLOCK, _INTERP_BLOCKS, _SHAPES,
                       _SHAPES_F32, _SMEM_BUDGET, _all_configs, _config_shape, _decode_num_splits, _fits,
                       _hopper_shapes, _prune, _prune_hopper, _shape_list, _shapes_for, _smem_bytes,
-                      autotune_enabled, fixed_shape)
+                      autotune_enabled, current_arch, fixed_shape, smem_budget, smem_per_block)
 from .dropout import _dropout_mask_kernel, dropout_mask
 from .decode import (_decode_combine_kernel, _decode_split_kernel, _decode_split_tuned, decode_attention,
                      unsupported_decode)

@@ -76,11 +76,20 @@ def _kpm_args(key_padding_mask: Optional[Tensor], dummy: Tensor):
     return kpm, kpm.stride(0), True
 
 
+def _offset32(offset: int) -> int:
+    """The dropout offset as the kernels take it: its low 32 bits (the stream's fourth counter word, as
+    fastattn.reference.dropout_keep uses it) as a signed 32-bit integer. why: a 64-bit argument (fastattn.ops
+    draws offsets below 2^62) makes the counter tile int64, which tl.philox cannot bitcast to its uint32 words:
+    the compile fails (the interpreter accepts it)."""
+    low = int(offset) & 0xFFFFFFFF
+    return low - (1 << 32) if low >= 1 << 31 else low
+
+
 def _dropout_args(p: float, seed: int, offset: int) -> Tuple[int, int, int, float]:
     """(seed, rng_offset, drop_threshold, inv_keep) kernel arguments of attention dropout p (unused when p = 0):
     an entry is kept iff its 16-bit draw >= drop_threshold = round(p * 2^16) (tiles._dropout_keep; p at 1/65536
-    resolution, 65536 drops all); kept ones are scaled by inv_keep."""
+    resolution, 65536 drops all); kept ones are scaled by inv_keep. rng_offset: _offset32(offset)."""
     if not p:
         return 0, 0, 0, 1.0
     from ...reference import dropout_threshold
-    return int(seed), int(offset), dropout_threshold(p), 1.0 / (1.0 - p)
+    return int(seed), _offset32(offset), dropout_threshold(p), 1.0 / (1.0 - p)

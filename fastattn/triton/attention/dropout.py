@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import _device_guard
+from .common import _device_guard, _offset32
 from .tiles import _dropout_keep
 
 
@@ -32,5 +32,5 @@ def dropout_mask(b: int, hq: int, sq: int, sk: int, p: float, seed: int, offset:
     if mask.numel():
         with _device_guard(mask):
             _dropout_mask_kernel[(triton.cdiv(sq, 16), triton.cdiv(sk, 16), b * hq)](
-                mask, hq, sq, sk, seed, offset, dropout_threshold(p), BLOCK_M=16, BLOCK_N=16)
+                mask, hq, sq, sk, seed, _offset32(offset), dropout_threshold(p), BLOCK_M=16, BLOCK_N=16)
     return mask.bool()
