@@ -156,16 +156,32 @@ def _mulhilo(a: int, x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def dropout_threshold(p: float) -> int:
-    """An entry is kept iff its uint32 draw is >= this: round(p * 2^32), so it is dropped with probability p."""
-    return min(int(round(p * 2.0 ** 32)), 2 ** 32)
+    """A score is kept iff its 16-bit draw is >= this: round(p * 2^16) (half to even), so it is dropped with
+    probability t / 65536, p at a resolution of 2^-16 (2^-17 worst case). 65536 (p within 2^-17 of 1): no
+    16-bit draw reaches it, every score is dropped."""
+    return min(int(round(p * 65536.0)), 65536)
+
+
+def _philox4x32_10(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, seed: int) -> Tuple[Tensor, ...]:
+    """Philox4x32-10 keyed by the 64-bit seed on int64 counter words in [0, 2^32): the four output words."""
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    for _ in range(10):
+        hi_b, lo_b = _mulhilo(0xCD9E8D57, c2)
+        hi_a, lo_a = _mulhilo(0xD2511F53, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + 0x9E3779B9) & _M32, (k1 + 0xBB67AE85) & _M32
+    return c0, c1, c2, c3
 
 
 def dropout_keep(b: int, h: int, sq: int, sk: int, p: float, seed: int, offset: int,
                  device: torch.device) -> Tensor:
-    """bool (B, H, Sq, Sk): which attention probabilities survive dropout p for (seed, offset). Philox4x32-10
-    (Salmon et al. 2011, the generator of triton.language.philox) keyed by the 64-bit seed, on the counter
-    (key j, query i, b * H + h, offset), first output word r; kept iff r >= dropout_threshold(p). Bit for bit
-    what the Triton kernels draw, so a test can compare a dropped-out result exactly."""
+    """bool (B, H, Sq, Sk): which attention probabilities survive dropout p for (seed, offset). One
+    Philox4x32-10 (Salmon et al. 2011, the generator of triton.language.philox) keyed by the 64-bit seed on
+    the counter (j // 8, i, b * H + h, offset) draws the 8 keys 8 (j // 8) .. + 7 of query i: its output words
+    r0..r3 split into 8 16-bit values, key j taking word (j % 8) // 2, the low half if j is even, the high
+    half if odd; kept iff that value >= dropout_threshold(p) = round(p * 2^16), so p is applied at 1/65536
+    resolution. Bit for bit what the Triton and CUDA kernels draw, so a test can compare a dropped-out result
+    exactly."""
     bh = torch.arange(b * h, device=device, dtype=torch.int64).view(b, h)
     return dropout_keep_at(bh, torch.arange(sq, device=device, dtype=torch.int64), sk, p, seed, offset)
 
@@ -173,19 +189,18 @@ def dropout_keep(b: int, h: int, sq: int, sk: int, p: float, seed: int, offset: 
 def dropout_keep_at(bh: Tensor, rows: Tensor, sk: int, p: float, seed: int, offset: int) -> Tensor:
     """dropout_keep for some (batch, head) pairs and query rows only: bool (*bh.shape, len(rows), Sk), where
     bh holds int64 values b * H + h and rows int64 query indices (a slice of a large call, as the benchmark
-    checks)."""
-    shape = tuple(bh.shape) + (rows.numel(), sk)
-    c0 = torch.arange(sk, device=bh.device, dtype=torch.int64).expand(shape)
+    checks). Philox runs on the (..., len(rows), ceil(Sk / 8)) grid of key groups; its 16-bit halves are
+    then laid out along the keys."""
+    groups = (sk + 7) // 8
+    shape = tuple(bh.shape) + (rows.numel(), groups)
+    c0 = torch.arange(groups, device=bh.device, dtype=torch.int64).expand(shape)
     c1 = rows.to(bh.device, torch.int64).view(-1, 1).expand(shape)
     c2 = bh.to(torch.int64).view(tuple(bh.shape) + (1, 1)).expand(shape)
     c3 = torch.full(shape, offset & _M32, dtype=torch.int64, device=bh.device)
-    k0, k1 = seed & _M32, (seed >> 32) & _M32
-    for _ in range(10):
-        hi_b, lo_b = _mulhilo(0xCD9E8D57, c2)
-        hi_a, lo_a = _mulhilo(0xD2511F53, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0, k1 = (k0 + 0x9E3779B9) & _M32, (k1 + 0xBB67AE85) & _M32
-    return c0 >= dropout_threshold(p)
+    words = torch.stack(_philox4x32_10(c0, c1, c2, c3, seed), dim=-1)          # (..., R, G, 4): r0..r3
+    halves = torch.stack((words & 0xFFFF, words >> 16), dim=-1)                  # (..., R, G, 4, 2): lo, hi
+    u16 = halves.reshape(shape[:-1] + (groups * 8,))[..., :sk]                   # key 8 g + 2 w + half
+    return u16 >= dropout_threshold(p)
 
 
 def _dropout_scale(b, h, sq, sk, p, seed, offset, device, dtype) -> Tensor:

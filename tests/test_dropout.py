@@ -23,12 +23,73 @@ def _tri():
 
 @pytest.mark.triton
 @pytest.mark.parametrize("b,h,sq,sk,p,seed,offset", [
-    (2, 3, 19, 37, 0.3, 12345, 7), (1, 2, 5, 70, 0.1, 2 ** 40 + 17, 2 ** 30), (1, 1, 33, 17, 0.9, 2 ** 62 - 1, 0)])
+    (2, 3, 19, 37, 0.3, 12345, 7), (1, 2, 5, 70, 0.1, 2 ** 40 + 17, 2 ** 30), (1, 1, 33, 17, 0.9, 2 ** 62 - 1, 0),
+    (1, 1, 1, 3, 0.5, 99, 1), (3, 1, 2, 9, 0.25, 2 ** 33 + 5, 2 ** 32 - 1)])
 def test_stream_bits_match_reference(b, h, sq, sk, p, seed, offset):
     got = _tri().dropout_mask(b, h, sq, sk, p, seed, offset, DEV)
     want = reference.dropout_keep(b, h, sq, sk, p, seed, offset, torch.device(DEV))
     assert torch.equal(got, want)
     assert not torch.equal(got, reference.dropout_keep(b, h, sq, sk, p, seed + 1, offset, torch.device(DEV)))
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _philox_scalar(seed, counter):
+    """Philox4x32-10 (Salmon et al. 2011) on one counter with Python ints, written out independently of
+    fastattn.reference: the four output words."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    for _ in range(10):
+        pa, pb = c0 * 0xD2511F53, c2 * 0xCD9E8D57
+        c0, c1, c2, c3 = ((pb >> 32) ^ c1 ^ k0) & _M32, pb & _M32, ((pa >> 32) ^ c3 ^ k1) & _M32, pa & _M32
+        k0, k1 = (k0 + 0x9E3779B9) & _M32, (k1 + 0xBB67AE85) & _M32
+    return c0, c1, c2, c3
+
+
+def test_philox_scalar_known_answer():
+    """The scalar Philox above against the published Random123 known-answer vectors (kat_vectors,
+    philox4x32_10): counter 0 / key 0 and counter all ones / key all ones."""
+    assert _philox_scalar(0, (0, 0, 0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert _philox_scalar(2 ** 64 - 1, (_M32,) * 4) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+
+
+@pytest.mark.parametrize("b,h,sq,sk,p,seed,offset", [
+    (1, 2, 3, 21, 0.3, 12345, 7), (2, 1, 2, 8, 0.6, 2 ** 63 + 11, 2 ** 32 - 1), (1, 1, 2, 1, 0.5, 5, 0)])
+def test_stream_definition(b, h, sq, sk, p, seed, offset):
+    """The stream's definition, score by score: one Philox call on (j // 8, i, b * H + h, offset) per 8 keys;
+    its 8 16-bit values (word w low half, then high half, w = 0..3) land on keys 8 g .. 8 g + 7 in that order
+    (Sk need not be a multiple of 8: the last group is cut); kept iff the value >= round(p * 65536)."""
+    t16 = round(p * 65536)
+    assert reference.dropout_threshold(p) == t16
+    want = torch.zeros(b, h, sq, sk, dtype=torch.bool)
+    for bi in range(b):
+        for hi in range(h):
+            for i in range(sq):
+                for g in range((sk + 7) // 8):
+                    words = _philox_scalar(seed, (g, i, bi * h + hi, offset))
+                    u16 = [(w >> s) & 0xFFFF for w in words for s in (0, 16)]
+                    for k in range(min(8, sk - 8 * g)):
+                        want[bi, hi, i, 8 * g + k] = u16[k] >= t16
+    got = reference.dropout_keep(b, h, sq, sk, p, seed, offset, torch.device("cpu"))
+    assert torch.equal(got, want)
+    rows = torch.tensor([sq - 1, 0])
+    bh = torch.tensor([[b * h - 1]])
+    sub = reference.dropout_keep_at(bh, rows, sk, p, seed, offset)
+    assert torch.equal(sub, want.view(b * h, sq, sk)[b * h - 1][rows].view(1, 1, 2, sk))
+
+
+def test_threshold_is_16_bit_round_half_even():
+    """t16 = round(p * 2^16), ties to even as Python's round; p within 2^-17 of 1 gives 65536, which no 16-bit
+    value reaches (everything dropped)."""
+    assert reference.dropout_threshold(0.5 / 65536) == 0
+    assert reference.dropout_threshold(1.5 / 65536) == 2
+    assert reference.dropout_threshold(2.5 / 65536) == 2
+    assert reference.dropout_threshold(1 - 3 * 2.0 ** -17) == 65534
+    assert reference.dropout_threshold(1 - 2.0 ** -17) == 65536
+    assert reference.dropout_threshold(1 - 2.0 ** -30) == 65536
+    assert not reference.dropout_keep(1, 1, 4, 19, 1 - 2.0 ** -18, 3, 0, torch.device("cpu")).any()
+    assert reference.dropout_keep(1, 1, 4, 19, 0.5 / 65536, 3, 0, torch.device("cpu")).all()
 
 
 def _inputs(hq, hkv, sq, sk, d, dv, dtype, bias, kpm, seed=0):
@@ -100,14 +161,22 @@ def test_keep_rate_within_binomial_bounds(p):
     """2^21 draws of the stream: the keep rate, and the rate of horizontally and vertically adjacent pairs both
     kept (no correlation between neighbouring counters), within 6 sigma of the binomial expectation."""
     keep = reference.dropout_keep(4, 8, 256, 256, p, 987654321, 5, torch.device("cpu"))
+    q = 1 - reference.dropout_threshold(p) / 65536     # the keep probability at 1/65536 resolution
     n = keep.numel()
-    assert _binomial_ok(int(keep.sum()), n, 1 - p)
+    assert _binomial_ok(int(keep.sum()), n, q)
     pairs_h = keep[..., 1:] & keep[..., :-1]
     pairs_v = keep[..., 1:, :] & keep[..., :-1, :]
-    assert _binomial_ok(int(pairs_h.sum()), pairs_h.numel(), (1 - p) ** 2)
-    assert _binomial_ok(int(pairs_v.sum()), pairs_v.numel(), (1 - p) ** 2)
+    assert _binomial_ok(int(pairs_h.sum()), pairs_h.numel(), q ** 2)
+    assert _binomial_ok(int(pairs_v.sum()), pairs_v.numel(), q ** 2)
+    # the halves of one word (keys 2 w, 2 w + 1), and the words of one call, are no more alike than others
+    same_word = keep[..., 0::2] & keep[..., 1::2]
+    same_call = keep[..., 0::8] & keep[..., 7::8]
+    assert _binomial_ok(int(same_word.sum()), same_word.numel(), q ** 2)
+    assert _binomial_ok(int(same_call.sum()), same_call.numel(), q ** 2)
     heads = keep.float().mean(dim=(2, 3))   # every (batch, head) stream at the same rate
-    assert (heads - (1 - p)).abs().max() < 6 * math.sqrt(p * (1 - p) / 65536)
+    assert (heads - q).abs().max() < 6 * math.sqrt(q * (1 - q) / 65536)
+    keys = keep.float().mean(dim=(0, 1, 2)).view(-1, 8).mean(0)   # each of the 8 slots of a call at that rate
+    assert (keys - q).abs().max() < 6 * math.sqrt(q * (1 - q) / (n / 8))
 
 
 @pytest.mark.triton

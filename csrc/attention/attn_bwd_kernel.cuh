@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(128) attn_bwd_dkdv_kernel(const AttnBwdParams 
       }
       // P^T and dS^T in place of s and dp.
       const uint32_t keep_bits = p.dropout.enabled ? attn::dropout_keep_bits<NQ, false>(
-                                     p.dropout, bh, keys[0], keys[1], m0, t) : 0u;
+                                     p.dropout, bh, keys[0], keys[1], m0, lane) : 0u;
 #pragma unroll
       for (int nt = 0; nt < NQ; ++nt)
 #pragma unroll
@@ -331,7 +331,7 @@ __global__ void __launch_bounds__(128, 1) attn_bwd_dq_kernel(const AttnBwdParams
       }
     }
     const uint32_t keep_bits = p.dropout.enabled ? attn::dropout_keep_bits<NT, true>(
-                                   p.dropout, bh, rows[0], rows[1], n0, t) : 0u;
+                                   p.dropout, bh, rows[0], rows[1], n0, lane) : 0u;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll

@@ -17,8 +17,9 @@
 //   Invariant: after iteration n, o = sum_{j < 64 (n + 1)} exp2(s2_j - m) v_j and l = sum exp2(s2_j - m) over
 //   the keys of blocks 0..n, m = max over them (-inf when all are hidden; then exp2 uses 0 for m).
 //   Dropout (p.dropout.enabled, a uniform runtime branch, no template flag): after l has taken P, each entry of
-//   P is zeroed unless its bit of attn::dropout_keep_bits is set (attn_dropout.cuh: one Philox4x32-10 per score,
-//   counter (key, query row, b * Hq + h, offset), drawn one at a time); the epilogue multiplies by 1 / (1 - p).
+//   P is zeroed unless its bit of attn::dropout_keep_bits is set (attn_dropout.cuh: one Philox4x32-10 per 8 keys
+//   of a row, counter (key / 8, query row, b * Hq + h, offset), 16-bit draws, each call made by one lane of the
+//   quad and shuffled to the others); the epilogue multiplies by 1 / (1 - p).
 //   lse is of the undropped softmax.
 //   Epilogue: out = o / l (0 when l == 0: no visible key), lse = (m + log2 l) ln 2 (-inf when l == 0).
 //   Global reads: q once; k, v once per (query tile, head); bias and the key padding mask once per score.
@@ -237,7 +238,7 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads) attn_fwd_kernel(co
         row_sum[i >> 1] += e;
       }
     if (p.dropout.enabled) {  // uniform: the normaliser l keeps every probability, only P V loses the dropped
-      const uint32_t keep_bits = attn::dropout_keep_bits<NT, true>(p.dropout, bh, rows[0], rows[1], n0, t);
+      const uint32_t keep_bits = attn::dropout_keep_bits<NT, true>(p.dropout, bh, rows[0], rows[1], n0, lane);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll

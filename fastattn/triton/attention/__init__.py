@@ -29,8 +29,9 @@ tiling would save that work; not done). The TMA forward takes Dv = D only. Offse
 bases, row offsets), so no tensor size overflows.
 
 Dropout (dropout_p > 0, training): the probabilities P are dropped by a counter-based stream, Philox4x32-10
-keyed by a 64-bit seed on the counter (key, query, b * Hq + h, offset) (tiles._dropout_keep), and the kept ones
-scaled by 1 / (1 - p). Nothing is stored: both backward passes regenerate the mask of each tile they recompute.
+keyed by a 64-bit seed on the counter (key // 8, query, b * Hq + h, offset), one call's four words giving the
+16-bit draws of 8 adjacent keys (tiles._dropout_keep; p at 1/65536 resolution), and the kept ones scaled by
+1 / (1 - p). Nothing is stored: both backward passes regenerate the mask of each tile they recompute.
 fastattn.reference.dropout_keep draws the same bits in PyTorch. The TMA forward declines dropout.
 
 Numerics. Scores live in log2 units: s2 = q.k * (scale * log2 e) + bias * log2 e, so each softmax exponential is

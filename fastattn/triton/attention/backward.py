@@ -43,6 +43,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, dv_ok
     n_per = n_lo + n_hi
     offs_mb = tl.arange(0, BLOCK_M)                                              # (BLOCK_M,) rows in the block
     db_row = tl.zeros([BLOCK_N], tl.float32)                                     # (BLOCK_N,) DBIAS_KIND 2
+    key0 = tl.program_id(0) * BLOCK_N                                            # this program's key block
     for t in range(0, GROUP * n_per):
         g = t // n_per
         i = t - g * n_per
@@ -80,7 +81,8 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, real, col_ok, offs_n, offs_d, d_ok, dv_ok
         pT = tl.math.exp2(sT - lse2[None, :])                                    # (BLOCK_N, BLOCK_M) fp32
         if DROPOUT:
             # the forward's mask, regenerated: Z = keep / (1 - p) scales P in P.V, hence dV and dP
-            keepT = _dropout_keep(seed, rng_offset, bh, rows[None, :], offs_n[:, None], drop_threshold)
+            keepT = _dropout_keep(seed, rng_offset, bh, rows, key0, drop_threshold, BLOCK_N=BLOCK_N,
+                                  KEYS_FIRST=True)
             dv = tl.dot(tl.where(keepT, pT * inv_keep, 0.0).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
             dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
             dpT = tl.where(keepT, dpT * inv_keep, 0.0)                           # (BLOCK_N, BLOCK_M)
@@ -226,7 +228,8 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, bias_base, kpm_ba
         p = tl.math.exp2(s - lse2[:, None])                                      # (BLOCK_M, BLOCK_N) fp32
         dp = tl.dot(do, vT, input_precision=DOT_PRECISION)                       # (BLOCK_M, BLOCK_N)
         if DROPOUT:  # d loss / d P = Z * d loss / d (dropped P), with the forward's mask regenerated
-            keep = _dropout_keep(seed, rng_offset, bh, offs_m[:, None], cols[None, :], drop_threshold)
+            keep = _dropout_keep(seed, rng_offset, bh, offs_m, start_n, drop_threshold, BLOCK_N=BLOCK_N,
+                                 KEYS_FIRST=False)
             dp = tl.where(keep, dp * inv_keep, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=DOT_PRECISION)   # (BLOCK_M, D_PAD)

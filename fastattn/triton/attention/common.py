@@ -87,8 +87,8 @@ def _offset32(offset: int) -> int:
 
 def _dropout_args(p: float, seed: int, offset: int) -> Tuple[int, int, int, float]:
     """(seed, rng_offset, drop_threshold, inv_keep) kernel arguments of attention dropout p (unused when p = 0):
-    an entry is kept iff its uint32 draw >= drop_threshold = round(p * 2^32); kept ones are scaled by inv_keep.
-    rng_offset: _offset32(offset)."""
+    an entry is kept iff its 16-bit draw >= drop_threshold = round(p * 2^16) (tiles._dropout_keep; p at 1/65536
+    resolution, 65536 drops all); kept ones are scaled by inv_keep. rng_offset: _offset32(offset)."""
     if not p:
         return 0, 0, 0, 1.0
     from ...reference import dropout_threshold

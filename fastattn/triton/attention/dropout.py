@@ -19,7 +19,8 @@ def _dropout_mask_kernel(Mask, Hq, Sq, Sk, seed, rng_offset, drop_threshold,
     bh = tl.program_id(2)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    keep = _dropout_keep(seed, rng_offset, bh, rows[:, None], cols[None, :], drop_threshold)
+    keep = _dropout_keep(seed, rng_offset, bh, rows, tl.program_id(1) * BLOCK_N, drop_threshold, BLOCK_N=BLOCK_N,
+                         KEYS_FIRST=False)
     ptrs = Mask + (bh.to(tl.int64) * Sq + rows[:, None]) * Sk + cols[None, :]
     tl.store(ptrs, keep.to(tl.uint8), mask=(rows[:, None] < Sq) & (cols[None, :] < Sk))
 

@@ -44,7 +44,8 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, bias_base, kpm_base,
         p, m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc)
         if DROPOUT:
             # the normaliser l keeps every probability; only the P.V product loses the dropped ones
-            keep = _dropout_keep(seed, rng_offset, bh, offs_m[:, None], cols[None, :], drop_threshold)
+            keep = _dropout_keep(seed, rng_offset, bh, offs_m, start_n, drop_threshold, BLOCK_N=BLOCK_N,
+                                 KEYS_FIRST=False)
             p = tl.where(keep, p, 0.0)
         v = _load_rows(v_ptrs, col_ok, dv_ok, CHECK_ROWS=MASKED, EVEN_D=EVEN_DV, COMPUTE_F32=COMPUTE_F32)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)       # (BLOCK_M, D_PAD) fp32

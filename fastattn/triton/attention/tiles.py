@@ -227,15 +227,28 @@ def _normalise(acc, l_i, m_i):
 # ----------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _dropout_keep(seed, rng_offset, bh, q_rows, k_cols, drop_threshold):
-    """Which probabilities of a tile survive dropout: for the score of query row i and key j of (batch, query
-    head) bh = b * Hq + h, Philox4x32-10 keyed by seed (64 bits) on the counter (j, i, bh, rng_offset) gives
-    a uint32 r, and the entry is kept iff r >= drop_threshold = round(p * 2^32). q_rows and k_cols broadcast
-    against each other ((BLOCK_M, 1) and (1, BLOCK_N), or transposed); the result has the tile's shape.
+def _dropout_keep(seed, rng_offset, bh, rows, start_n, drop_threshold, BLOCK_N: tl.constexpr,
+                  KEYS_FIRST: tl.constexpr):
+    """Which probabilities of a tile survive dropout, for the query rows `rows` (1-D) and the BLOCK_N keys from
+    start_n (a multiple of 8) of (batch, query head) bh = b * Hq + h: one Philox4x32-10 keyed by seed (64
+    bits) on the counter (j // 8, i, bh, rng_offset) draws the 8 keys of group j // 8 of query i; its words
+    r0..r3 give 8 16-bit values, key j taking word (j % 8) // 2, the low half if j is even, the high half if
+    odd, and the score is kept iff that value >= drop_threshold = round(p * 2^16) (p at 1/65536 resolution).
+    Philox runs on a (rows, BLOCK_N // 8) tile; its halves are interleaved along the keys. The result is
+    (rows, BLOCK_N), or (BLOCK_N, rows) with KEYS_FIRST (the dK/dV kernel's transposed tile).
     fastattn.reference.dropout_keep computes the same bits in PyTorch."""
-    cols = k_cols + q_rows * 0                                                   # the tile's shape, int32
-    rows = q_rows + k_cols * 0
-    c2 = cols * 0 + bh.to(tl.int32)
-    c3 = cols * 0 + rng_offset
-    r, _, _, _ = tl.philox(seed, cols, rows, c2, c3)                           # uint32
-    return r.to(tl.int64) >= drop_threshold
+    tl.static_assert(BLOCK_N % 8 == 0, "dropout draws keys in groups of 8")
+    groups = start_n // 8 + tl.arange(0, BLOCK_N // 8)                          # (BLOCK_N // 8,)
+    c0 = groups[None, :] + rows[:, None] * 0                                     # (rows, BLOCK_N // 8) int32
+    c1 = rows[:, None] + groups[None, :] * 0
+    c2 = c0 * 0 + bh.to(tl.int32)
+    c3 = c0 * 0 + rng_offset
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)                             # uint32 each
+    m: tl.constexpr = rows.shape[0]
+    # join appends its axis last: element (.., g, a, c) of join(join(r0, r2), join(r1, r3)) is word 2 a + c, so
+    # the row-major reshape puts word w of group g at 4 g + w
+    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (m, BLOCK_N // 2))
+    u16 = tl.reshape(tl.join(words & 0xFFFF, words >> 16), (m, BLOCK_N)).to(tl.int32)   # key 8 g + 2 w + half
+    if KEYS_FIRST:
+        u16 = tl.trans(u16)
+    return u16 >= drop_threshold
