@@ -35,6 +35,13 @@ def _decoder_config(opts: Options):
     return GPT2Config(), 8, 128, (32 if opts.quick else 128)  # GPT-2 small; B, prompt, new tokens
 
 
+def _generate_batches(opts: Options, b: int) -> List[int]:
+    """Batch sizes of the generation rows (issue 17: tokens/s at B = 1, 8, 64)."""
+    if opts.cpu:
+        return [b]
+    return [1, 8] if opts.quick else [1, 8, 64]
+
+
 def _tensor_out(out: Any) -> torch.Tensor:
     """The main tensor of a model's output: a Tensor, the first of a tuple, or .last_hidden_state / .logits."""
     for attr in ("last_hidden_state", "logits"):
@@ -151,6 +158,29 @@ def _decoder_cases(opts: Options, models, dt: str) -> List[Case]:
                                                   min_new_tokens=new, temperature=TEMPERATURE, top_k=TOP_K,
                                                   top_p=TOP_P, pad_token_id=cfg.eos_token_id))
 
+    def hf_generate_compiled(inp):
+        """Hugging Face's fast path: a static cache and the forward under torch.compile(mode="reduce-overhead")
+        (CUDA graphs), as its docs recommend; compiled once here, outside the timing."""
+        ids = inp["ids"]
+        if ids.device.type != "cuda":
+            raise Unavailable("torch.compile(mode='reduce-overhead') captures CUDA graphs: needs a GPU")
+        hf = copy.deepcopy(inp["hf"])
+        hf.forward = torch.compile(hf.forward, mode="reduce-overhead", fullgraph=True)
+        mask = torch.ones_like(ids)
+
+        def run():
+            return _infer(lambda: hf.generate(ids, attention_mask=mask, do_sample=True, max_new_tokens=new,
+                                              min_new_tokens=new, temperature=TEMPERATURE, top_k=TOP_K,
+                                              top_p=TOP_P, pad_token_id=cfg.eos_token_id,
+                                              cache_implementation="static"))
+        try:
+            run()  # compiles (and warms the graphs) before the timed calls
+        except Exception as e:  # noqa: BLE001 - a compile failure is a row, not a crash
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise Unavailable("Hugging Face generate with a static cache under torch.compile failed here: "
+                              f"{type(e).__name__}: {first}") from e
+        return run
+
     def ours_prefill(backend):
         def build(inp):
             model = _from_hf(models.Decoder, inp["hf"], backend).to(inp["ids"].device).eval()
@@ -158,36 +188,63 @@ def _decoder_cases(opts: Options, models, dt: str) -> List[Case]:
             return lambda: _infer(lambda: _tensor_out(model(ids)))
         return build
 
-    def ours_generate(backend):
+    def ours_generate(backend, cuda_graph: bool = False):
         def build(inp):
             model = _from_hf(models.Decoder, inp["hf"], backend).to(inp["ids"].device).eval()
             ids = inp["ids"]
-            return lambda: _infer(lambda: model.generate(ids, new, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P,
-                                                         seed=0))
+            if cuda_graph and ids.device.type != "cuda":
+                raise Unavailable("cuda_graph=True captures a CUDA graph: needs a GPU")
+
+            def run():
+                return _infer(lambda: model.generate(ids, new, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P,
+                                                     seed=0, cuda_graph=cuda_graph))
+            if cuda_graph:
+                run()  # the capture happens on the first call: keep it out of the timing
+            return run
         return build
+
+    def make_b(bb):
+        def make_inputs(device):
+            inp = make(device)
+            if bb != b:
+                g = torch.Generator(device=device).manual_seed(2)
+                inp["ids"] = torch.randint(0, cfg.vocab_size, (bb, prompt), generator=g, device=device)
+            return inp
+        return make_inputs
 
     n = _layer_params(cfg.n_layer, cfg.n_embd, cfg.n_inner or 4 * cfg.n_embd)
     n += cfg.n_embd * cfg.vocab_size  # the LM head's matmul
     tag = f"Decoder (GPT-2 {cfg.n_layer}L/{cfg.n_embd})"
     flops = formulas.transformer_fwd_flops(n, b * prompt, cfg.n_layer, cfg.n_embd, b, prompt, causal=True)
     out = []
-    for kind, provs_fn, hf_fn, check, extra in (
-            ("prefill", ours_prefill, hf_prefill, check_prefill, {}),
-            ("generate", ours_generate, hf_generate, check_generate, {"new": new})):
-        provs = [Provider(f"fastattn-{bk}", "ours" if bk != "torch" else "reference", provs_fn(bk), backend=bk)
+    provs = [Provider(f"fastattn-{bk}", "ours" if bk != "torch" else "reference", ours_prefill(bk), backend=bk)
+             for bk in ("triton", "cuda", "torch")]
+    provs.append(Provider("model-sdpa", "baseline", ours_prefill("sdpa"), note="this Decoder, PyTorch SDPA attention"))
+    provs.append(Provider("hf-sdpa", "baseline", hf_prefill))
+    out.append(Case(
+        section="e2e", label=f"{tag} prefill B={b} prompt={prompt} {dt}",
+        params={"model": "decoder-prefill", "B": b, "S": prompt, "dtype": dt}, make_inputs=make,
+        providers=provs, check=check_prefill, err_kind="max rel err", flops=flops, metric="tflops",
+        timing="device", weight=2))
+    for bb in _generate_batches(opts, b):
+        provs = [Provider(f"fastattn-{bk}", "ours" if bk != "torch" else "reference", ours_generate(bk), backend=bk)
                  for bk in ("triton", "cuda", "torch")]
-        provs.append(Provider("model-sdpa", "baseline", provs_fn("sdpa"), checked=kind == "prefill",
+        provs += [Provider(f"fastattn-{bk} cuda-graph", "ours", ours_generate(bk, cuda_graph=True), backend=bk,
+                           note="generate(cuda_graph=True): each decode step one graph replay")
+                  for bk in ("triton", "cuda")]
+        provs.append(Provider("model-sdpa", "baseline", ours_generate("sdpa"), checked=False,
                               note="this Decoder, PyTorch SDPA attention"))
-        provs.append(Provider("hf-sdpa", "baseline", hf_fn, checked=kind == "prefill"))
+        provs.append(Provider("hf-sdpa", "baseline", hf_generate, checked=False))
+        if opts.cpu or not opts.quick or bb == 1:  # a compile per batch size: quick mode compiles one
+            provs.append(Provider("hf-static-compiled", "baseline", hf_generate_compiled, checked=False,
+                                  note="static cache, forward under torch.compile(mode='reduce-overhead')"))
         out.append(Case(
-            section="e2e", label=f"{tag} {kind} B={b} prompt={prompt}" + (f" new={new}" if kind == "generate" else "")
-            + f" {dt}",
-            params={"model": f"decoder-{kind}", "B": b, "S": prompt, **extra, "dtype": dt}, make_inputs=make,
-            providers=provs, check=check, err_kind="max rel err" if kind == "prefill" else "—",
-            flops=flops if kind == "prefill" else None, metric="tflops" if kind == "prefill" else "tokps",
-            timing="device" if kind == "prefill" else "wall", weight=2 if kind == "prefill" else 4,
-            notes=["generate: sampled tokens per second (B × new / time), timed as whole calls"]
-            if kind == "generate" else []))
+            section="e2e", label=f"{tag} generate B={bb} prompt={prompt} new={new} {dt}",
+            params={"model": "decoder-generate", "B": bb, "S": prompt, "new": new, "dtype": dt},
+            make_inputs=make_b(bb), providers=provs, check=check_generate, err_kind="—", metric="tokps",
+            timing="wall", weight=4,
+            notes=["generate: sampled tokens per second (B × new / time), timed as whole calls; the CUDA-graph "
+                   "and compiled rows capture / compile before the timing"]))
     return out
 
 
