@@ -10,11 +10,12 @@
 #   tests.log         pytest tests -m "gpu or cuda_ext or cuda_kernel or native_cuda_ext"
 #   host.log          python3 -m fastattn.bench --host --quick (host time per call of the decode-step ops)
 #   bench.log         python3 -m fastattn.bench --quick
+#   sanitize.log      compute-sanitizer memcheck and racecheck over benchmarks/sanitize_cases.py (every CUDA kernel,
+#                     small odd sizes; needs the Firecracker runtime: on gVisor the sanitizer refuses the device)
 #   report.md         the benchmark report
-#   results.csv       the benchmark rows
 #   results.tar.gz    benchmarks/results/ (report, CSV, JSON, PNG plots): untar at the repo root to commit them
 # Every stage runs under `timeout`, so one stuck stage cannot eat the others' time; the whole script stays
-# under 8 minutes (TOTAL_S). A failed stage is recorded and the next one still runs.
+# under 9 minutes (TOTAL_S). A failed stage is recorded and the next one still runs.
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 export MAX_JOBS=${MAX_JOBS:-16}
@@ -25,13 +26,14 @@ OUT=${OUT:-/tmp/fastattn-device-check}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 
-TOTAL_S=${TOTAL_S:-480}
+TOTAL_S=${TOTAL_S:-540}
 HOST_S=${HOST_S:-40}
 # Every test that needs the GPU, the nvcc build or runs the CUDA kernels (the emulated ones run here on the GPU).
 TEST_MARKERS="gpu or cuda_ext or cuda_kernel or native_cuda_ext"
 BUILD_S=${BUILD_S:-170}
 TESTS_S=${TESTS_S:-110}
 BENCH_S=${BENCH_S:-150}
+SAN_S=${SAN_S:-45}  # each of memcheck and racecheck
 t0=$(date +%s)
 left() { echo $(( TOTAL_S - ($(date +%s) - t0) )); }
 cap() { local want=$1 reserve=$2 l; l=$(( $(left) - reserve )); (( l < want )) && want=$l; (( want < 10 )) && want=10; echo "$want"; }
@@ -76,7 +78,19 @@ timeout --kill-after=5 "$(cap "$HOST_S" 120)" \
 host_rc=$?
 host_s=$(secs "$s" "$(now)")
 
-# 4. The quick benchmark (its own budget keeps each section inside the stage's time).
+# 4. compute-sanitizer memcheck and racecheck over a small call of every CUDA kernel.
+s=$(now)
+: > "$OUT/sanitize.log"
+san_rc=0
+for tool in memcheck racecheck; do
+  echo "== compute-sanitizer --tool $tool" >> "$OUT/sanitize.log"
+  timeout --kill-after=5 "$(cap "$SAN_S" 160)" \
+    compute-sanitizer --tool "$tool" --error-exitcode 3 python3 benchmarks/sanitize_cases.py >> "$OUT/sanitize.log" 2>&1
+  rc=$?; echo "== $tool: exit $rc" >> "$OUT/sanitize.log"; (( rc != 0 )) && san_rc=$rc
+done
+san_s=$(secs "$s" "$(now)")
+
+# 5. The quick benchmark (its own budget keeps each section inside the stage's time).
 s=$(now)
 bench_t=$(cap "$BENCH_S" 5)
 timeout --kill-after=10 "$bench_t" \
@@ -89,7 +103,6 @@ res=$(sed -n 's|^fastattn-bench: wrote \(.*\)/report.md.*|\1|p' "$OUT/bench.log"
 res=${res#"$PWD/"}
 if [ -n "$res" ] && [ -d "$res" ]; then
   cp "$res/report.md" "$OUT/report.md"
-  cp "$res/results.csv" "$OUT/results.csv"
   tar czf "$OUT/results.tar.gz" "$res"
 fi
 
@@ -100,6 +113,7 @@ fi
   echo "| build (pip install -e ., MAX_JOBS=$MAX_JOBS) | $build_rc | $build_s | extension: $ext |"
   echo "| tests -m \"$TEST_MARKERS\" | $tests_rc | $tests_s | $(grep -E '(passed|failed|error|skipped|no tests ran)' "$OUT/tests.log" | tail -1) |"
   echo "| fastattn.bench --host --quick | $host_rc | $host_s | host.log |"
+  echo "| compute-sanitizer memcheck + racecheck | $san_rc | $san_s | $(grep -E 'ERROR SUMMARY|exit' "$OUT/sanitize.log" | tr '\n' ' ' | cut -c1-200) |"
   echo "| fastattn.bench --quick | $bench_rc | $bench_s | results: ${res:-none} |"
   echo
   echo "Exit 124 or 137 means the stage hit its timeout. Total: $(( $(date +%s) - t0 )) s."

@@ -394,7 +394,7 @@ def test_decoder_models_train_with_attention_dropout_triton_vs_torch(family):
                                                         attn_dropout=attn_dropout), attn_backend=backend)
         model = model.to(dev).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        losses = []
+        losses, scales = [], []
         for step in range(3):
             torch.manual_seed(seed + step)
             logits = model(ids) if family == "decoder" else model(ids, dec_ids)
@@ -403,11 +403,14 @@ def test_decoder_models_train_with_attention_dropout_triton_vs_torch(family):
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        return losses
+            scales.append((logits * target[:, :logits.shape[1]]).abs().mean().item())
+        return losses, scales
 
-    torch_losses = run("torch")
-    triton_losses = run("triton")
-    for a, b in zip(triton_losses, torch_losses):
-        assert abs(a - b) <= 1e-5 * abs(b)
-    for other in (run("torch", seed=200), run("torch", attn_dropout=0.0)):
-        assert abs(other[0] - torch_losses[0]) > 1e-4 * abs(torch_losses[0])
+    # The loss is a mean of products of both signs, so it can be far smaller than its terms: rounding is
+    # measured against the mean size of the terms, not against the loss itself.
+    torch_losses, scales = run("torch")
+    triton_losses, _ = run("triton")
+    for a, b, scale in zip(triton_losses, torch_losses, scales):
+        assert abs(a - b) <= 1e-5 * scale, (a, b, scale)
+    for other, _ in (run("torch", seed=200), run("torch", attn_dropout=0.0)):
+        assert abs(other[0] - torch_losses[0]) > 1e-3 * scales[0], (other[0], torch_losses[0], scales[0])
