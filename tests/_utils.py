@@ -130,9 +130,10 @@ def assert_aborted(run, *needles):
         assert needle in run.stderr, f"{needle!r} not in:\n{run.stderr}"
 
 
-def lowp_attention(q, k, v, *, causal, scale, bias=None, kpm=None):
+def lowp_attention(q, k, v, *, causal, scale, bias=None, kpm=None, dropout_factor=None):
     """PyTorch's own attention in the input dtype (FlashAttention's `upcast=False` reference): the baseline
-    error that FlashAttention's test rule scales. Differentiable."""
+    error that FlashAttention's test rule scales. dropout_factor: (B, Hq, Sq, Sk) factors applied to P (a
+    dropped-out call). Differentiable."""
     from fastattn import reference
 
     hq = q.shape[1]
@@ -147,6 +148,8 @@ def lowp_attention(q, k, v, *, causal, scale, bias=None, kpm=None):
     p = torch.softmax(s, dim=-1)
     if mask is not None:
         p = p.masked_fill(~mask.any(-1, keepdim=True), 0.0)  # rows with no key: 0, not NaN
+    if dropout_factor is not None:
+        p = p * dropout_factor.to(p.dtype)
     return torch.matmul(p, v)
 
 
@@ -164,3 +167,62 @@ def assert_same_filter(out, ref, what=""):
                              f"reference {kept_r.sum(1).tolist()}")
     fin = kept_o & ~torch.isnan(out)
     assert torch.equal(out[fin], ref[fin]), f"{what}: kept values differ"
+
+
+EMU_SCHEDULES = ("forward", "reversed", "random", "warp_greedy")
+
+
+def same_bits_over_schedules(fn, *, landings=("at_wait", "at_issue")):
+    """fn() (a sequence of tensors) run under every thread schedule of the CUDA emulation and every cp.async
+    landing time in landings, the defaults restored after; asserts that every run gives the same bits and returns
+    the first run's tensors. A missing barrier or wait makes some (landing, schedule) pair differ."""
+    import ctypes
+
+    from fastattn import _emu
+
+    lib = _emu.load_settings(_emu.build_extension())
+    lib.fastattn_emu_set_cp_async_landing.argtypes = [ctypes.c_char_p]
+    runs = {}
+    try:
+        for landing in landings:
+            for sch in EMU_SCHEDULES:
+                assert lib.fastattn_emu_set_schedule(sch.encode()) == 0
+                assert lib.fastattn_emu_set_cp_async_landing(landing.encode()) == 0
+                runs[(landing, sch)] = tuple(fn())
+    finally:
+        lib.fastattn_emu_set_schedule(b"rotate")
+        lib.fastattn_emu_set_cp_async_landing(b"at_wait")
+    first = next(iter(runs.values()))
+    for key, got in runs.items():
+        assert len(got) == len(first), key
+        for a, b in zip(got, first):
+            assert torch.equal(a, b), key
+    return first
+
+
+def assert_matches_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c, what: str):
+    """out (fp32) against a @ b + c in float64 of the same (rounded) inputs (c may be None).
+
+    Bound: an fp32-accumulated product is off by at most a few fp32 ulps of sum |a_ik b_kj| + |c_ij| per chained
+    mma; 8e-6 of that magnitude covers K <= 256 with room. Non-finite references must match exactly (NaN where
+    the reference is NaN, the same infinity).
+    """
+    a64, b64 = a.cpu().double(), b.cpu().double()
+    c64 = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64) if c is None else c.cpu().double()
+    ref = a64 @ b64 + c64
+    mag = a64.abs() @ b64.abs() + c64.abs()
+    out = out.cpu().double()
+    assert out.shape == ref.shape, what
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), \
+        f"{what}: NaN positions differ ({int(torch.isnan(out).sum())} NaN out)"
+    assert torch.equal(out[~finite & ~torch.isnan(ref)], ref[~finite & ~torch.isnan(ref)]), f"{what}: infinities differ"
+    err = (out - ref).abs()[finite]
+    bound = (8e-6 * mag + 1e-30)[finite]
+    bad = err > bound
+    if bad.any():
+        idx = torch.nonzero(finite)[bad.nonzero()[0, 0]].tolist()
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {int(finite.sum())} outputs off; first at {idx}: "
+            f"got {out[tuple(idx)].item()}, want {ref[tuple(idx)].item()} "
+            f"(max err / magnitude {float((err / (mag[finite] + 1e-30)).max()):.3g})")

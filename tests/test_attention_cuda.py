@@ -17,7 +17,7 @@ import torch
 import fastattn
 from fastattn import _backend, _cuda, reference
 from fastattn.ops import attention as attn_ops
-from _utils import HAS_GPU, REL_TOL, assert_rel, lowp_attention, randn, rel_err
+from _utils import HAS_GPU, REL_TOL, assert_rel, lowp_attention, randn, rel_err, same_bits_over_schedules
 
 pytestmark = pytest.mark.cuda_kernel
 
@@ -480,39 +480,19 @@ def test_decode_nan_query_head_with_splits(d):
 # Races: every thread order and cp.async landing time the emulation can produce gives the same bits
 # ----------------------------------------------------------------------------------------------------------
 
-SCHEDULES = ("forward", "reversed", "random", "warp_greedy")
-
-
 @pytest.mark.skipif(not EMULATED, reason="thread orders and copy landing times are the emulation's settings")
 def test_same_bits_under_every_schedule_and_landing():
     """Forward, backward and decode over 3+ key blocks (a pipeline stage is refilled) with every warp's rows in
     use: a missing barrier or wait would make some (schedule, landing) pair differ or fail the reference."""
-    import ctypes
-
-    from fastattn import _emu
-
-    lib = _emu.load_settings(_emu.build_extension())
-    lib.fastattn_emu_set_cp_async_landing.argtypes = [ctypes.c_char_p]
     q, k, v = _inputs(1, 2, 1, 66, 140, 32, torch.float16, seed=61)
     dout = randn(1, 2, 66, 32, dtype=torch.float16, device=DEV, seed=62)
     qd, kc, vc, lens = _decode_inputs(2, 4, 2, 140, 32, torch.float16, [140, 100], seed=63)
-    runs = {}
-    try:
-        for landing in ("at_wait", "at_issue"):
-            for sch in SCHEDULES:
-                assert lib.fastattn_emu_set_schedule(sch.encode()) == 0
-                assert lib.fastattn_emu_set_cp_async_landing(landing.encode()) == 0
-                out, lse = _cuda.attention_fwd(q, k, v, None, None, True, 0.2)
-                grads = _cuda.attention_bwd(dout, q, k, v, out, lse, None, None, True, 0.2, False)[:3]
-                dec = _cuda.decode_attention(qd, kc, vc, lens, 0.2, num_splits=1)
-                runs[(landing, sch)] = (out, lse, *grads, dec)
-    finally:
-        lib.fastattn_emu_set_schedule(b"rotate")
-        lib.fastattn_emu_set_cp_async_landing(b"at_wait")
-    first = runs[("at_wait", "forward")]
-    for key, got in runs.items():
-        for a, b in zip(got, first):
-            assert torch.equal(a, b), key
+
+    def run():
+        out, lse = _cuda.attention_fwd(q, k, v, None, None, True, 0.2)
+        grads = _cuda.attention_bwd(dout, q, k, v, out, lse, None, None, True, 0.2, False)[:3]
+        return (out, lse, *grads, _cuda.decode_attention(qd, kc, vc, lens, 0.2, num_splits=1))
+    first = same_bits_over_schedules(run)
     ref_out, ref_lse = _ref(q, k, v, causal=True, scale=0.2)
     assert_rel(first[0], ref_out, REL_TOL[torch.float16])
     _assert_lse(first[1], ref_lse)
@@ -526,29 +506,10 @@ def test_decode_same_bits_under_every_schedule_and_landing():
     D = 128 (3 stages), ragged lengths, one and several splits: a missing wait or barrier (a stage refilled while
     a warp still reads it, a block read before it lands, the key-group merge reading a warp's partial early)
     would make some (schedule, landing) pair differ or fail the reference."""
-    import ctypes
-
-    from fastattn import _emu
-
-    lib = _emu.load_settings(_emu.build_extension())
-    lib.fastattn_emu_set_cp_async_landing.argtypes = [ctypes.c_char_p]
     cases = [_decode_inputs(2, 8, 2, 8 * 64 + 5, 32, torch.float16, [8 * 64 + 5, 3 * 64 - 7], seed=71),
              _decode_inputs(2, 4, 1, 5 * 64 + 3, 128, torch.bfloat16, [5 * 64 + 3, 64 + 1], seed=72)]
-    runs = {}
-    try:
-        for landing in ("at_wait", "at_issue"):
-            for sch in SCHEDULES:
-                assert lib.fastattn_emu_set_schedule(sch.encode()) == 0
-                assert lib.fastattn_emu_set_cp_async_landing(landing.encode()) == 0
-                runs[(landing, sch)] = [_cuda.decode_attention(q, kc, vc, lens, 0.2, num_splits=splits)
-                                        for q, kc, vc, lens in cases for splits in (1, 2)]
-    finally:
-        lib.fastattn_emu_set_schedule(b"rotate")
-        lib.fastattn_emu_set_cp_async_landing(b"at_wait")
-    first = runs[("at_wait", "forward")]
-    for key, got in runs.items():
-        for a, b in zip(got, first):
-            assert torch.equal(a, b), key
+    first = same_bits_over_schedules(lambda: [_cuda.decode_attention(q, kc, vc, lens, 0.2, num_splits=splits)
+                                              for q, kc, vc, lens in cases for splits in (1, 2)])
     for i, (q, kc, vc, lens) in enumerate(cases):
         want = reference.decode_attention(q.double(), kc.double(), vc.double(), lens, scale=0.2)
         for j in range(2):
@@ -569,24 +530,6 @@ def _seed_of(call_seed):
 def _visible(b, hq, sq, sk, causal, kpm):
     m = reference.attention_mask(sq, sk, causal, kpm, torch.device(DEV))
     return torch.ones(b, hq, sq, sk, dtype=torch.bool) if m is None else m.expand(b, hq, sq, sk).cpu()
-
-
-def _lowp_dropout(q, k, v, *, causal, scale, bias, kpm, z):
-    """lowp_attention with the dropout factor z (B, Hq, Sq, Sk) applied to P in the input dtype: the baseline
-    error of the FlashAttention rule for a dropped-out call. Differentiable."""
-    hq = q.shape[1]
-    k = k.repeat_interleave(hq // k.shape[1], dim=1)
-    v = v.repeat_interleave(hq // v.shape[1], dim=1)
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if bias is not None:
-        s = s + bias.to(s.dtype)
-    mask = reference.attention_mask(q.shape[2], k.shape[2], causal, kpm, q.device)
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    if mask is not None:
-        p = p.masked_fill(~mask.any(-1, keepdim=True), 0.0)
-    return torch.matmul(p * z.to(p.dtype), v)
 
 
 def _run_dropout(b, hq, hkv, sq, sk, d, dtype, p, *, causal=False, scale=None, bias_shape=None, kpm=None,
@@ -616,8 +559,8 @@ def _run_dropout(b, hq, hkv, sq, sk, d, dtype, p, *, causal=False, scale=None, b
     want = torch.autograd.grad(ref_out, r64, dout.double())
     z = reference._dropout_scale(b, hq, sq, sk, p, rseed, roff, torch.device(DEV), torch.float64)
     lp = [t.detach().requires_grad_(True) for t in leaves]
-    lowp_out = _lowp_dropout(*lp[:3], causal=causal, scale=scale_v, bias=lp[3] if bias is not None else None,
-                             kpm=kpm, z=z)
+    lowp_out = lowp_attention(*lp[:3], causal=causal, scale=scale_v, bias=lp[3] if bias is not None else None,
+                              kpm=kpm, dropout_factor=z)
     lowp = torch.autograd.grad(lowp_out, lp, dout)
 
     assert out.shape == (b, hq, sq, d) and out.dtype == dtype
@@ -749,26 +692,16 @@ def test_dropout_nearly_one_drops_everything():
 def test_dropout_same_bits_under_every_schedule():
     """Forward and backward with dropout over several key blocks and query tiles: the same bits whatever the
     order the threads run in (no thread's mask depends on another's)."""
-    from fastattn import _emu
-
-    lib = _emu.load_settings(_emu.build_extension())
     q, k, v = _inputs(1, 2, 1, 66, 140, 32, torch.float16, seed=71)
     dout = randn(1, 2, 66, 32, dtype=torch.float16, device=DEV, seed=72)
     bias = randn(1, 2, 66, 140, dtype=torch.float16, device=DEV, seed=73)
-    runs = {}
-    try:
-        for sch in SCHEDULES:
-            assert lib.fastattn_emu_set_schedule(sch.encode()) == 0
-            out, lse = _cuda.attention_fwd(q, k, v, bias, None, True, 0.2, 0.3, 2 ** 61 + 5, 2 ** 31 - 1)
-            grads = _cuda.attention_bwd(dout, q, k, v, out, lse, bias, None, True, 0.2, True, 0.3, 2 ** 61 + 5,
-                                        2 ** 31 - 1)
-            runs[sch] = (out, lse, *grads)
-    finally:
-        lib.fastattn_emu_set_schedule(b"rotate")
-    first = runs["forward"]
-    for sch, got in runs.items():
-        for a, b in zip(got, first):
-            assert torch.equal(a, b), sch
+
+    def run():
+        out, lse = _cuda.attention_fwd(q, k, v, bias, None, True, 0.2, 0.3, 2 ** 61 + 5, 2 ** 31 - 1)
+        grads = _cuda.attention_bwd(dout, q, k, v, out, lse, bias, None, True, 0.2, True, 0.3, 2 ** 61 + 5,
+                                    2 ** 31 - 1)
+        return (out, lse, *grads)
+    first = same_bits_over_schedules(run, landings=("at_wait",))
     ref = reference.attention(q.double(), k.double(), v.double(), causal=True, scale=0.2, bias=bias.double(),
                               dropout_p=0.3, seed=2 ** 61 + 5, offset=2 ** 31 - 1)[0]
     assert_rel(first[0], ref, REL_TOL[torch.float16])

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from fastattn import _backend, _cuda, _emu
-from _utils import assert_aborted, run_ctypes_script
+from _utils import assert_aborted, assert_matches_product, run_ctypes_script
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATED = _backend.cuda_emulated()
@@ -57,33 +57,6 @@ def gen(seed: int) -> torch.Generator:
 def rand(shape, dtype, seed, scale=1.0) -> torch.Tensor:
     """Fresh random values, rounded to dtype on the CPU, then moved to the kernels' device."""
     return (torch.randn(shape, generator=gen(seed)) * scale).to(dtype).to(device())
-
-
-def assert_matches_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, what: str):
-    """out (fp32) against a @ b + c in float64 of the same (rounded) inputs.
-
-    Bound: an fp32-accumulated product is off by at most a few fp32 ulps of sum |a_ik b_kj| + |c_ij| per chained
-    mma; 8e-6 of that magnitude covers K <= 256 with room. Non-finite references must match exactly (NaN where
-    the reference is NaN, the same infinity).
-    """
-    a64, b64 = a.cpu().double(), b.cpu().double()
-    c64 = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64) if c is None else c.cpu().double()
-    ref = a64 @ b64 + c64
-    mag = a64.abs() @ b64.abs() + c64.abs()
-    out = out.cpu().double()
-    assert out.shape == ref.shape, what
-    finite = torch.isfinite(ref)
-    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{what}: NaN positions differ"
-    assert torch.equal(out[~finite & ~torch.isnan(ref)], ref[~finite & ~torch.isnan(ref)]), f"{what}: infinities differ"
-    err = (out - ref).abs()[finite]
-    bound = (8e-6 * mag + 1e-30)[finite]
-    bad = err > bound
-    if bad.any():
-        idx = torch.nonzero(finite)[bad.nonzero()[0, 0]].tolist()
-        raise AssertionError(
-            f"{what}: {int(bad.sum())} of {int(finite.sum())} outputs off; first at {idx}: "
-            f"got {out[tuple(idx)].item()}, want {ref[tuple(idx)].item()} (max err / magnitude {float((err / (mag[finite] + 1e-30)).max()):.3g})"
-        )
 
 
 # ------------------------------------------------------------------------------------------------------------

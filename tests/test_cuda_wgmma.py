@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fastattn import _backend, _cuda, _emu
-from _utils import assert_aborted, run_ctypes_script
+from _utils import assert_aborted, assert_matches_product, run_ctypes_script
 
 EMULATED = _backend.cuda_emulated()
 K_NONE, K128, K64, K32, MN_NONE, MN128, MN64, MN32, REGS = range(9)  # testing::WgmmaOperandMode
@@ -50,25 +50,6 @@ def rand(shape, dtype, seed, scale=1.0):
     return (torch.randn(shape, generator=g) * scale).to(dtype).to(device())
 
 
-def check(out, a, b, c, what):
-    """out (fp32) against a @ b + c in float64; bound a few fp32 ulps of sum |a b| + |c| (8e-6 covers k <= 64)."""
-    a64, b64 = a.cpu().double(), b.cpu().double()
-    c64 = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64) if c is None else c.cpu().double()
-    ref = a64 @ b64 + c64
-    mag = a64.abs() @ b64.abs() + c64.abs()
-    out = out.cpu().double()
-    assert out.shape == ref.shape, what
-    assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"{what}: NaN positions differ ({int(torch.isnan(out).sum())} NaN out)"
-    fin = torch.isfinite(ref)
-    assert torch.equal(out[~fin & ~torch.isnan(ref)], ref[~fin & ~torch.isnan(ref)]), f"{what}: infinities differ"
-    err = (out - ref).abs()[fin]
-    bad = err > (8e-6 * mag + 1e-30)[fin]
-    if bad.any():
-        idx = torch.nonzero(fin)[bad.nonzero()[0, 0]].tolist()
-        raise AssertionError(f"{what}: {int(bad.sum())} of {int(fin.sum())} off; first at {idx}: got "
-                             f"{out[tuple(idx)].item()}, want {ref[tuple(idx)].item()}")
-
-
 def run(a, b, c, wgs, a_mode, b_mode, planted=CORRECT):
     return ops()._test_wgmma_cuda(a, b, c, wgs, a_mode, b_mode, planted)
 
@@ -89,8 +70,9 @@ def test_wgmma_layouts(dtype, a_mode, b_mode, k, n):
     a = rand((64, k), dtype, 1 + k + n)
     b = rand((k, n), dtype, 2 + k + n)
     c = rand((64, n), torch.float32, 3 + k + n)
-    check(run(a, b, c, 1, a_mode, b_mode), a, b, c, f"c given, {MODE_NAMES[a_mode]} x {MODE_NAMES[b_mode]}")
-    check(run(a, b, None, 1, a_mode, b_mode), a, b, None, f"no c, {MODE_NAMES[a_mode]} x {MODE_NAMES[b_mode]}")
+    names = f"{MODE_NAMES[a_mode]} x {MODE_NAMES[b_mode]}"
+    assert_matches_product(run(a, b, c, 1, a_mode, b_mode), a, b, c, f"c given, {names}")
+    assert_matches_product(run(a, b, None, 1, a_mode, b_mode), a, b, None, f"no c, {names}")
 
 
 @pytest.mark.cuda_kernel
@@ -103,7 +85,7 @@ def test_wgmma_two_warpgroups_and_n_extremes(n, a_mode, b_mode):
         a = rand((128, 48), dtype, 10 + n)
         b = rand((48, n), dtype, 11 + n)
         c = rand((128, n), torch.float32, 12 + n)
-        check(run(a, b, c, 2, a_mode, b_mode), a, b, c, f"2 warpgroups n={n}")
+        assert_matches_product(run(a, b, c, 2, a_mode, b_mode), a, b, c, f"2 warpgroups n={n}")
 
 
 @pytest.mark.cuda_kernel
@@ -124,7 +106,8 @@ def test_wgmma_special_values():
         a, b = a.to(dtype).to(device()), b.to(dtype).to(device())
         c = rand((64, 64), torch.float32, 23)
         for a_mode, b_mode in ((K128, K128), (REGS, MN128)):
-            check(run(a, b, c, 1, a_mode, b_mode), a, b, c, f"special values {MODE_NAMES[a_mode]}")
+            assert_matches_product(run(a, b, c, 1, a_mode, b_mode), a, b, c,
+                                   f"special values {MODE_NAMES[a_mode]}")
 
 
 @pytest.mark.cuda_kernel
@@ -136,7 +119,7 @@ def test_wgmma_same_result_under_every_schedule(schedule):
     for name in SCHEDULES:
         schedule(name)
         outs.append(run(a, b, None, 2, REGS, MN128))
-    check(outs[0], a, b, None, "schedules")
+    assert_matches_product(outs[0], a, b, None, "schedules")
     for o in outs[1:]:
         assert torch.equal(o, outs[0])
 
@@ -164,7 +147,8 @@ def test_wrong_swizzle_is_caught():
         a = rand((64, k), torch.float16, 41 + k)
         b = rand((k, 64), torch.float16, 42 + k)
         with pytest.raises(AssertionError):
-            check(run(a, b, None, 1, K128, K128, WRONG_SWIZZLE), a, b, None, "planted wrong swizzle")
+            assert_matches_product(run(a, b, None, 1, K128, K128, WRONG_SWIZZLE), a, b, None,
+                                   "planted wrong swizzle")
 
 
 @pytest.mark.cuda_kernel
@@ -183,7 +167,8 @@ def test_shared_operand_overwritten_before_wait_is_caught():
     a = rand((64, 32), torch.float16, 46)
     b = rand((32, 64), torch.float16, 47)
     with pytest.raises(AssertionError):
-        check(run(a, b, None, 1, K128, MN128, OVERWRITE_EARLY), a, b, None, "planted early overwrite")
+        assert_matches_product(run(a, b, None, 1, K128, MN128, OVERWRITE_EARLY), a, b, None,
+                               "planted early overwrite")
 
 
 def _run_planted(planted: int, b_mode: int = K128, k: int = 16):
