@@ -167,15 +167,21 @@ def _grads_fn(out: torch.Tensor, inp: dict) -> Callable[[], Any]:
     return lambda: torch.autograd.grad(out, wrt, dout, retain_graph=True)
 
 
-def _fastattn(passname: str):
+def _fastattn(passname: str, dropout_p: float = 0.0):
+    """fastattn.attention with the case's mask/bias. Where the inputs carry a CPU generator state (the dropout
+    cases), every call restores it first, so each call draws the same dropout (seed, offset); the dropout cases'
+    'no dropout' baselines (dropout_p = 0) restore it too, so the restore's cost cancels in the ratio."""
     def make(backend: str):
         def build(inp):
             if backend == "torch":
-                _reference_memory(inp, passname, "the torch reference")
+                _reference_memory(inp, passname, "the torch reference", *((24, 52) if dropout_p else (20, 44)))
+            state = inp.get("rng_state")
 
             def fwd():
+                if state is not None:
+                    torch.set_rng_state(state)
                 return fastattn.attention(inp["q"], inp["k"], inp["v"], causal=inp["causal"], bias=inp.get("bias"),
-                                          key_padding_mask=inp.get("kpm"), backend=backend)
+                                          key_padding_mask=inp.get("kpm"), dropout_p=dropout_p, backend=backend)
             if passname == "fwd":
                 return fwd
             return _grads_fn(fwd(), inp)
@@ -275,20 +281,21 @@ def _qkv_inputs(b, h, s, d, dtype, causal: bool, passname: str, seed: int):
     return make
 
 
+def _budget_shapes(dims, seqs):
+    """(B, H, S, D) at the token and hidden budget: B = 16384 / S, H = 2048 / D."""
+    return [(max(1, TOKENS // s), max(1, HIDDEN // d), s, d) for d in dims for s in seqs]
+
+
 def _plain_shapes(opts: Options):
     if opts.cpu:  # odd sizes, small enough for the Triton interpreter
         return [(2, 3, 97, 64), (1, 2, 128, 128)]
-    out = []
     dims = [64, 128, 256] if not opts.quick else [64, 128]
     seqs = SEQS_QUICK if opts.quick else SEQS_FULL
     if opts.head_dims is not None:
         dims = opts.head_dims
     if opts.seqlens is not None:
         seqs = opts.seqlens
-    for d in dims:
-        for s in seqs:
-            out.append((max(1, TOKENS // s), max(1, HIDDEN // d), s, d))
-    return out
+    return _budget_shapes(dims, seqs)
 
 
 def plain_cases(opts: Options) -> List[Case]:
@@ -390,9 +397,8 @@ def mask_cases(opts: Options) -> List[Case]:
     if opts.cpu:
         shapes = [(2, 2, 80, 64)]
     else:
-        dims = opts.head_dims or ([64] if opts.quick else [64, 128])
-        seqs = opts.seqlens or (MASK_SEQS_QUICK if opts.quick else MASK_SEQS_FULL)
-        shapes = [(max(1, TOKENS // s), max(1, HIDDEN // d), s, d) for d in dims for s in seqs]
+        shapes = _budget_shapes(opts.head_dims or ([64] if opts.quick else [64, 128]),
+                                opts.seqlens or (MASK_SEQS_QUICK if opts.quick else MASK_SEQS_FULL))
     for passname in ("fwd", "bwd"):
         if not opts.keep_pass(passname):
             continue
@@ -447,25 +453,6 @@ def _dropout_inputs(b, h, s, d, dtype, causal: bool, passname: str, seed: int, p
     return make
 
 
-def _fastattn_dropout(passname: str, p: float):
-    """fastattn.attention with dropout p (or, p = 0, the same call without dropout, the cost's baseline)."""
-    def make(backend: str):
-        def build(inp):
-            if backend == "torch":
-                _reference_memory(inp, passname, "the torch reference", 24, 52)
-            state = inp["rng_state"]
-
-            def fwd():
-                torch.set_rng_state(state)  # the same draw every call (both variants do it, so it cancels)
-                return fastattn.attention(inp["q"], inp["k"], inp["v"], causal=inp["causal"], dropout_p=p,
-                                          backend=backend)
-            if passname == "fwd":
-                return fwd
-            return _grads_fn(fwd(), inp)
-        return build
-    return make
-
-
 def _sdpa_dropout_provider(passname: str, p: float) -> Provider:
     def build(inp):
         be = _sdpa_backends()["sdpa-flash"]
@@ -486,9 +473,8 @@ def dropout_cases(opts: Options) -> List[Case]:
     if opts.cpu:
         shapes = [(2, 3, 97, 64)]
     else:
-        dims = opts.head_dims or ([128] if opts.quick else [64, 128])
-        seqs = opts.seqlens or (DROPOUT_SEQS_QUICK if opts.quick else DROPOUT_SEQS_FULL)
-        shapes = [(max(1, TOKENS // s), max(1, HIDDEN // d), s, d) for d in dims for s in seqs]
+        shapes = _budget_shapes(opts.head_dims or ([128] if opts.quick else [64, 128]),
+                                opts.seqlens or (DROPOUT_SEQS_QUICK if opts.quick else DROPOUT_SEQS_FULL))
     for passname in ("fwd", "bwd"):
         if not opts.keep_pass(passname):
             continue
@@ -497,8 +483,8 @@ def dropout_cases(opts: Options) -> List[Case]:
                 continue
             for b, h, s, d in shapes:
                 for causal in ((False,) if opts.quick and not opts.cpu else (False, True)):
-                    provs = ours("fastattn-{}", ("triton", "cuda", "torch"), _fastattn_dropout(passname, DROPOUT_P))
-                    base = ours("fastattn-{} no dropout", ("triton", "cuda"), _fastattn_dropout(passname, 0.0),
+                    provs = ours("fastattn-{}", ("triton", "cuda", "torch"), _fastattn(passname, DROPOUT_P))
+                    base = ours("fastattn-{} no dropout", ("triton", "cuda"), _fastattn(passname, 0.0),
                                 kind="baseline")
                     for prov in base:
                         prov.checked = False  # a different function (no dropout): no error column
